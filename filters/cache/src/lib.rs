@@ -1,0 +1,1 @@
+//! Switchyard cache filter (under construction).

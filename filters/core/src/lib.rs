@@ -1,0 +1,23 @@
+//! Shared vocabulary of the Switchyard filters.
+//!
+//! Everything here except [`host`] and [`metrics`] is pure logic with no proxy-wasm dependency, so
+//! it is unit-tested natively. Filters build a [`RequestView`] once per request in their glue code
+//! and run the match and key languages against it.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod duration;
+pub mod hash;
+pub mod host;
+pub mod keys;
+pub mod matcher;
+pub mod metrics;
+pub mod request;
+pub mod shared;
+
+pub use config::{parse_config, ConfigError};
+pub use duration::Duration;
+pub use keys::{KeySource, KeySources};
+pub use matcher::{Captures, Matcher};
+pub use request::RequestView;

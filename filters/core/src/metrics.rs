@@ -1,0 +1,89 @@
+//! Envoy stats from a filter: counters, gauges and histograms named
+//! `switchyard.<filter>.<name>`. Envoy shows them in its stats under the `wasmcustom.` namespace
+//! (e.g. `wasmcustom.switchyard.ratelimit.per-ip.allowed`). Stats are process-wide in Envoy:
+//! every worker's VM that defines the same name shares one stat.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+pub struct Metrics {
+    prefix: String,
+    ids: RefCell<HashMap<(u8, String), u32>>,
+}
+
+fn kind_tag(t: MetricType) -> u8 {
+    match t {
+        MetricType::Counter => 0,
+        MetricType::Gauge => 1,
+        MetricType::Histogram => 2,
+        _ => 3,
+    }
+}
+
+impl Metrics {
+    pub fn new(filter: &str) -> Self {
+        Metrics {
+            prefix: format!("switchyard.{filter}."),
+            ids: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The full stat name for `name`.
+    pub fn full_name(&self, name: &str) -> String {
+        format!("{}{}", self.prefix, name)
+    }
+
+    fn id(&self, t: MetricType, name: &str) -> Option<u32> {
+        let key = (kind_tag(t), name.to_string());
+        if let Some(id) = self.ids.borrow().get(&key) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(t, &self.full_name(name)).ok()?;
+        self.ids.borrow_mut().insert(key, id);
+        Some(id)
+    }
+
+    /// Defines a metric up front so it shows (as 0) before the first event.
+    pub fn define_counter(&self, name: &str) {
+        let _ = self.id(MetricType::Counter, name);
+    }
+
+    pub fn define_gauge(&self, name: &str) {
+        let _ = self.id(MetricType::Gauge, name);
+    }
+
+    pub fn inc(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    pub fn add(&self, name: &str, by: u64) {
+        if let Some(id) = self.id(MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn set_gauge(&self, name: &str, value: u64) {
+        if let Some(id) = self.id(MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+
+    pub fn add_gauge(&self, name: &str, by: i64) {
+        if let Some(id) = self.id(MetricType::Gauge, name) {
+            let _ = hostcalls::increment_metric(id, by);
+        }
+    }
+
+    pub fn record(&self, name: &str, value: u64) {
+        if let Some(id) = self.id(MetricType::Histogram, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+
+    pub fn get_counter(&self, name: &str) -> Option<u64> {
+        let id = self.id(MetricType::Counter, name)?;
+        hostcalls::get_metric(id).ok()
+    }
+}

@@ -1,0 +1,1 @@
+//! Switchyard hashring filter (under construction).

@@ -1,0 +1,1 @@
+//! Switchyard ratelimit filter (under construction).

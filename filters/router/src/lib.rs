@@ -1,0 +1,1 @@
+//! Switchyard router filter (under construction).
