@@ -1,1 +1,23 @@
-//! (under construction)
+//! Shared helpers for the integration tests in `tests/`. The harness itself is
+//! `switchyard_harness` (real Envoy) and the upstream is `switchyard_upstream`; both are
+//! re-exported here so a test file needs one `use switchyard_integration::*`.
+
+pub use serde_json::{json, Value};
+pub use switchyard_harness::{
+    eventually, parallel, wait_until, Cluster, Connection, Envoy, EnvoyBuilder, Request, Response,
+    StartError, WasmFilter,
+};
+pub use switchyard_upstream::{RecordedRequest, Upstream};
+
+/// Starts an upstream named `id`, panicking (failing the test) if it cannot bind.
+pub fn upstream(id: &str) -> Upstream {
+    match Upstream::start(id) {
+        Ok(up) => up,
+        Err(e) => panic!("cannot start upstream {id}: {e}"),
+    }
+}
+
+/// Envoy with no filters proxying everything to `up` (cluster `backend`).
+pub fn plain_proxy(up: &Upstream) -> Envoy {
+    Envoy::builder().cluster("backend", [up.addr()]).start()
+}
