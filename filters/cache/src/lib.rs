@@ -1,1 +1,34 @@
-//! Switchyard cache filter (under construction).
+//! Switchyard response cache: an RFC 9111 shared cache (with RFC 5861 stale serving) held in
+//! Envoy's shared data, so a response cached by one worker is a hit on every worker.
+//!
+//! Pure logic: [`rfc`] (Cache-Control, storability, freshness, age), [`key`] (cache keys and
+//! `Vary`), [`store`] (the bounded slot store with lru/lfu/fifo eviction), [`locks`] (request
+//! coalescing), [`respond`] (stored and served headers), [`config`]. The proxy-wasm glue is
+//! `filter`.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod entry;
+// Natively (tests, the integration crate) the glue is compiled and linted but not registered.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod filter;
+pub mod key;
+pub mod locks;
+pub mod respond;
+pub mod rfc;
+pub mod store;
+
+/// Parses and validates a configuration exactly as `on_configure` does.
+pub fn validate_config(json: &[u8]) -> Result<(), switchyard_core::ConfigError> {
+    config::parse(json).map(|_| ())
+}
+
+// Only the wasm module registers the entry point: natively several filter rlibs link into one
+// test binary and would export the same `_initialize`.
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    switchyard_core::host::init_vm("cache", env!("CARGO_PKG_VERSION"));
+    proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(filter::CacheRoot::new(id))
+    });
+}}

@@ -1,0 +1,222 @@
+//! Cache keys: the primary key (method class, authority, path, normalised query, configured
+//! headers) and the `Vary` secondary key.
+
+use switchyard_core::hash::stable_hash64;
+use switchyard_core::request::percent_decode;
+use switchyard_core::RequestView;
+
+/// Which query parameters are part of the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryKey {
+    All,
+    None,
+    Include(Vec<String>),
+    Exclude(Vec<String>),
+}
+
+/// How to build keys, from the configuration.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub query: QueryKey,
+    /// Lower-case request header names whose values are part of the key.
+    pub headers: Vec<String>,
+}
+
+/// A primary cache key: the full string (compared on read, so hash collisions never produce a
+/// false hit) and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    pub text: String,
+    pub hash: u64,
+    /// Hash of authority + path + full query, used to invalidate every key of a URI.
+    pub uri_hash: u64,
+}
+
+/// `authority` lower-cased without a default port, so `Example.com:80` and `example.com` share
+/// entries.
+pub fn normalise_authority(authority: &str) -> String {
+    let a = authority.to_ascii_lowercase();
+    match a.strip_suffix(":80").or_else(|| a.strip_suffix(":443")) {
+        Some(stripped) => stripped.to_string(),
+        None => a,
+    }
+}
+
+/// Hash of a URI for invalidation: authority and path only, so an unsafe request to
+/// `/items/1?x=1` invalidates every cached query variant of `/items/1`.
+pub fn uri_hash(authority: &str, path: &str) -> u64 {
+    let mut s = normalise_authority(authority);
+    s.push('\n');
+    s.push_str(path);
+    stable_hash64(s.as_bytes())
+}
+
+fn normalised_query(query: Option<&str>, spec: &QueryKey) -> String {
+    let Some(q) = query else {
+        return String::new();
+    };
+    if *spec == QueryKey::None {
+        return String::new();
+    }
+    let mut pairs: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = percent_decode(p.split_once('=').map_or(*p, |(k, _)| k), true);
+            match spec {
+                QueryKey::All => true,
+                QueryKey::None => false,
+                QueryKey::Include(names) => names.contains(&name),
+                QueryKey::Exclude(names) => !names.contains(&name),
+            }
+        })
+        .collect();
+    // Sorted so parameter order does not split the cache; the sort is stable for repeats.
+    pairs.sort_unstable();
+    pairs.join("&")
+}
+
+impl KeySpec {
+    /// The primary key of a request. GET and HEAD share a key ("method class"), so a HEAD is
+    /// answered from a stored GET.
+    pub fn key(&self, req: &RequestView) -> CacheKey {
+        let authority = normalise_authority(req.authority());
+        let mut text = String::with_capacity(64);
+        text.push_str("GET\n");
+        text.push_str(&authority);
+        text.push('\n');
+        text.push_str(req.path());
+        let q = normalised_query(req.query_string(), &self.query);
+        if !q.is_empty() {
+            text.push('?');
+            text.push_str(&q);
+        }
+        for h in &self.headers {
+            text.push('\n');
+            text.push_str(h);
+            text.push(':');
+            text.push_str(&req.header_joined(h).unwrap_or_default());
+        }
+        CacheKey {
+            hash: stable_hash64(text.as_bytes()),
+            uri_hash: uri_hash(&authority, req.path()),
+            text,
+        }
+    }
+}
+
+/// The header names a response varies on, lower-cased, sorted and de-duplicated (`*` is
+/// excluded: such responses are never stored).
+pub fn vary_names(vary_values: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = vary_values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty() && n != "*")
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The secondary key: the request's values of the varied headers, whitespace-normalised so
+/// `gzip,br` and `gzip, br` match (RFC 9111 §4.1). An absent header differs from an empty one.
+pub fn vary_values(names: &[String], req: &RequestView) -> Vec<(String, Option<String>)> {
+    names
+        .iter()
+        .map(|n| {
+            let v = req
+                .header_joined(n)
+                .map(|v| v.split(',').map(|p| p.trim()).collect::<Vec<_>>().join(","));
+            (n.clone(), v)
+        })
+        .collect()
+}
+
+/// Hash of a secondary key, to tell variants of one primary key apart in the index.
+pub fn variant_hash(values: &[(String, Option<String>)]) -> u64 {
+    let mut s = String::new();
+    for (n, v) in values {
+        s.push_str(n);
+        match v {
+            Some(v) => {
+                s.push('=');
+                s.push_str(v);
+            }
+            None => s.push('!'),
+        }
+        s.push('\n');
+    }
+    stable_hash64(s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(query: QueryKey, headers: &[&str]) -> KeySpec {
+        KeySpec {
+            query,
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+    fn get(path: &str) -> RequestView {
+        RequestView::new("GET", path).with_authority("Example.com")
+    }
+
+    #[test]
+    fn query_order_does_not_split_the_cache() {
+        let s = spec(QueryKey::All, &[]);
+        assert_eq!(s.key(&get("/a?b=2&a=1")), s.key(&get("/a?a=1&b=2")));
+        assert_ne!(s.key(&get("/a?a=1")), s.key(&get("/a?a=2")));
+        assert_ne!(s.key(&get("/a")), s.key(&get("/b")));
+    }
+
+    #[test]
+    fn query_none_include_exclude() {
+        let none = spec(QueryKey::None, &[]);
+        assert_eq!(none.key(&get("/a?x=1")), none.key(&get("/a")));
+        let inc = spec(QueryKey::Include(vec!["id".into()]), &[]);
+        assert_eq!(
+            inc.key(&get("/a?id=1&utm=x")),
+            inc.key(&get("/a?utm=y&id=1"))
+        );
+        assert_ne!(inc.key(&get("/a?id=1")), inc.key(&get("/a?id=2")));
+        let exc = spec(QueryKey::Exclude(vec!["utm_source".into()]), &[]);
+        assert_eq!(
+            exc.key(&get("/a?utm_source=x&p=1")),
+            exc.key(&get("/a?p=1"))
+        );
+        assert_ne!(exc.key(&get("/a?p=1")), exc.key(&get("/a?p=2")));
+    }
+
+    #[test]
+    fn method_class_authority_and_headers() {
+        let s = spec(QueryKey::All, &["x-tenant"]);
+        let head = RequestView::new("HEAD", "/a").with_authority("example.com:80");
+        assert_eq!(s.key(&get("/a")).text, s.key(&head).text);
+        let other_host = RequestView::new("GET", "/a").with_authority("other.com");
+        assert_ne!(s.key(&get("/a")), s.key(&other_host));
+        let t1 = get("/a").with_header("x-tenant", "1");
+        let t2 = get("/a").with_header("x-tenant", "2");
+        assert_ne!(s.key(&t1), s.key(&t2));
+        // Query variants of one path share the invalidation hash.
+        assert_eq!(s.key(&get("/a?x=1")).uri_hash, s.key(&get("/a")).uri_hash);
+    }
+
+    #[test]
+    fn vary_secondary_key() {
+        let names = vary_names(&["Accept-Encoding, accept-language", "accept-encoding"]);
+        assert_eq!(names, vec!["accept-encoding", "accept-language"]);
+        assert!(vary_names(&["*"]).is_empty());
+        let a = get("/").with_header("accept-encoding", "gzip,br");
+        let b = get("/").with_header("accept-encoding", "gzip, br");
+        let c = get("/").with_header("accept-encoding", "identity");
+        let d = get("/");
+        let e = get("/").with_header("accept-encoding", "");
+        let h = |r: &RequestView| variant_hash(&vary_values(&names, r));
+        assert_eq!(h(&a), h(&b));
+        assert_ne!(h(&a), h(&c));
+        assert_ne!(h(&d), h(&e));
+    }
+}

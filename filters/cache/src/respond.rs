@@ -1,0 +1,357 @@
+//! Header handling for storing and serving responses (RFC 9111 §3.1, §3.2, §4.3.4, RFC 9211).
+
+use crate::entry::Entry;
+use crate::key::normalise_authority;
+use crate::rfc::format_http_date;
+
+/// Fields that describe one connection, never stored or replayed (RFC 9110 §7.6.1), plus
+/// fields this filter sets itself on every response.
+const NOT_STORED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "age",
+    "x-cache",
+    "cache-status",
+    "x-envoy-upstream-service-time",
+];
+
+/// Fields a 304 must not overwrite in the stored response (RFC 9111 §3.2).
+const NOT_UPDATED_BY_304: &[&str] = &[
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "content-type",
+];
+
+/// The headers to store for a response: no pseudo-headers, no connection-specific fields, no
+/// `Set-Cookie` (never replayed to other users), and a `Date` if the origin sent none.
+pub fn stored_headers(headers: &[(String, String)], now_secs: u64) -> Vec<(String, String)> {
+    let connection_listed: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .filter(|(k, _)| {
+            !k.starts_with(':')
+                && !NOT_STORED.contains(&k.as_str())
+                && k != "set-cookie"
+                && k != "set-cookie2"
+                && !connection_listed.contains(k)
+        })
+        .collect();
+    if !out.iter().any(|(k, _)| k == "date") {
+        out.push(("date".into(), format_http_date(now_secs)));
+    }
+    out
+}
+
+/// Freshens stored headers with a 304's (RFC 9111 §3.2): each field in the 304 replaces all
+/// stored fields of that name.
+pub fn merge_not_modified(stored: &mut Vec<(String, String)>, fresh: &[(String, String)]) {
+    let fresh: Vec<(String, String)> = stored_headers(fresh, 0)
+        .into_iter()
+        .filter(|(k, _)| !NOT_UPDATED_BY_304.contains(&k.as_str()))
+        .collect();
+    // The synthetic Date of an empty 304 must not replace the stored one.
+    let fresh_has_date = fresh
+        .iter()
+        .any(|(k, v)| k == "date" && !v.starts_with("Thu, 01 Jan 1970"));
+    stored.retain(|(k, _)| !fresh.iter().any(|(f, _)| f == k) || (k == "date" && !fresh_has_date));
+    stored.extend(
+        fresh
+            .into_iter()
+            .filter(|(k, _)| k != "date" || fresh_has_date),
+    );
+}
+
+/// How a response relates to the cache, for `Cache-Status` and `x-cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache (`stale` when past its freshness).
+    Hit { ttl: i64, stale: bool },
+    /// Forwarded; `fwd` is the RFC 9211 reason, `stored` whether it is being stored,
+    /// `detail` why not.
+    Forward {
+        fwd: &'static str,
+        status: Option<u16>,
+        stored: bool,
+        detail: Option<&'static str>,
+    },
+}
+
+impl Outcome {
+    /// `x-cache`: HIT, STALE, MISS, EXPIRED or BYPASS.
+    pub fn x_cache(&self) -> &'static str {
+        match self {
+            Outcome::Hit { stale: false, .. } => "HIT",
+            Outcome::Hit { stale: true, .. } => "STALE",
+            Outcome::Forward {
+                fwd: "miss" | "vary-miss",
+                ..
+            } => "MISS",
+            Outcome::Forward { fwd: "stale", .. } => "EXPIRED",
+            Outcome::Forward { .. } => "BYPASS",
+        }
+    }
+
+    /// The RFC 9211 `Cache-Status` member for this cache.
+    pub fn cache_status(&self, name: &str) -> String {
+        match self {
+            Outcome::Hit { ttl, .. } => format!("{name}; hit; ttl={ttl}"),
+            Outcome::Forward {
+                fwd,
+                status,
+                stored,
+                detail,
+            } => {
+                let mut s = format!("{name}; fwd={fwd}");
+                if let Some(st) = status {
+                    s.push_str(&format!("; fwd-status={st}"));
+                }
+                if *stored {
+                    s.push_str("; stored");
+                }
+                if let Some(d) = detail {
+                    s.push_str(&format!("; detail={d}"));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// The headers of a response served from `entry`: stored fields (minus the length, which the
+/// proxy computes from the body), `Age`, `Cache-Status`, `x-cache`.
+pub fn served_headers(
+    entry: &Entry,
+    age: u64,
+    outcome: &Outcome,
+    name: &str,
+) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = entry
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "content-length")
+        .cloned()
+        .collect();
+    h.push(("age".into(), age.to_string()));
+    h.push(("cache-status".into(), outcome.cache_status(name)));
+    h.push(("x-cache".into(), outcome.x_cache().into()));
+    h
+}
+
+/// The headers of a 304 answered from a stored response (RFC 9110 §15.4.5).
+pub fn not_modified_headers(
+    entry: &Entry,
+    age: u64,
+    outcome: &Outcome,
+    name: &str,
+) -> Vec<(String, String)> {
+    const KEEP: &[&str] = &[
+        "cache-control",
+        "content-location",
+        "date",
+        "etag",
+        "expires",
+        "vary",
+        "last-modified",
+    ];
+    let mut h: Vec<(String, String)> = entry
+        .headers
+        .iter()
+        .filter(|(k, _)| KEEP.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    h.push(("age".into(), age.to_string()));
+    h.push(("cache-status".into(), outcome.cache_status(name)));
+    h.push(("x-cache".into(), outcome.x_cache().into()));
+    h
+}
+
+/// Purge tags from the configured tag headers (comma or space separated).
+pub fn tags(headers: &[(String, String)], tag_headers: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| tag_headers.iter().any(|t| t.eq_ignore_ascii_case(k)))
+        .flat_map(|(_, v)| {
+            v.split([',', ' '])
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The path of a `Location` / `Content-Location` value if it names the same authority
+/// (RFC 9111 §4.4: only same-origin URIs are invalidated).
+pub fn same_authority_path(value: &str, authority: &str) -> Option<String> {
+    let v = value.trim();
+    let strip_query = |p: &str| p.split(['?', '#']).next().unwrap_or("").to_string();
+    if v.starts_with('/') && !v.starts_with("//") {
+        return Some(strip_query(v));
+    }
+    let rest = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    (normalise_authority(host) == normalise_authority(authority)).then(|| strip_query(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn stores_no_connection_fields_cookies_or_status() {
+        let h = hv(&[
+            (":status", "200"),
+            ("Connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "sid=1"),
+            ("age", "4"),
+            ("etag", "\"a\""),
+        ]);
+        let s = stored_headers(&h, 784111777);
+        assert_eq!(
+            s,
+            hv(&[("etag", "\"a\""), ("date", "Sun, 06 Nov 1994 08:49:37 GMT")])
+        );
+    }
+
+    #[test]
+    fn a_304_freshens_headers_but_not_the_representation() {
+        let mut stored = hv(&[
+            ("content-type", "text/plain"),
+            ("content-length", "5"),
+            ("cache-control", "max-age=1"),
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("x-old", "1"),
+        ]);
+        merge_not_modified(
+            &mut stored,
+            &hv(&[
+                (":status", "304"),
+                ("cache-control", "max-age=60"),
+                ("content-length", "0"),
+                ("date", "Mon, 07 Nov 1994 08:49:37 GMT"),
+            ]),
+        );
+        let get = |n: &str| {
+            stored
+                .iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get("cache-control"), vec!["max-age=60"]);
+        assert_eq!(get("content-length"), vec!["5"]);
+        assert_eq!(get("date"), vec!["Mon, 07 Nov 1994 08:49:37 GMT"]);
+        assert_eq!(get("x-old"), vec!["1"]);
+    }
+
+    #[test]
+    fn cache_status_and_x_cache() {
+        let hit = Outcome::Hit {
+            ttl: 42,
+            stale: false,
+        };
+        assert_eq!(hit.cache_status("switchyard"), "switchyard; hit; ttl=42");
+        assert_eq!(hit.x_cache(), "HIT");
+        let miss = Outcome::Forward {
+            fwd: "miss",
+            status: None,
+            stored: true,
+            detail: None,
+        };
+        assert_eq!(
+            miss.cache_status("switchyard"),
+            "switchyard; fwd=miss; stored"
+        );
+        assert_eq!(miss.x_cache(), "MISS");
+        let reval = Outcome::Forward {
+            fwd: "stale",
+            status: Some(304),
+            stored: true,
+            detail: None,
+        };
+        assert_eq!(
+            reval.cache_status("c"),
+            "c; fwd=stale; fwd-status=304; stored"
+        );
+        assert_eq!(reval.x_cache(), "EXPIRED");
+        let bypass = Outcome::Forward {
+            fwd: "bypass",
+            status: None,
+            stored: false,
+            detail: Some("private"),
+        };
+        assert_eq!(bypass.cache_status("c"), "c; fwd=bypass; detail=private");
+        assert_eq!(bypass.x_cache(), "BYPASS");
+        assert_eq!(
+            Outcome::Hit {
+                ttl: -3,
+                stale: true
+            }
+            .x_cache(),
+            "STALE"
+        );
+    }
+
+    #[test]
+    fn served_and_304_headers() {
+        let e = Entry {
+            headers: hv(&[
+                ("content-length", "5"),
+                ("etag", "\"a\""),
+                ("content-type", "text/plain"),
+            ]),
+            ..Entry::default()
+        };
+        let o = Outcome::Hit {
+            ttl: 1,
+            stale: false,
+        };
+        let s = served_headers(&e, 7, &o, "n");
+        assert!(!s.iter().any(|(k, _)| k == "content-length"));
+        assert!(s.contains(&("age".into(), "7".into())));
+        let nm = not_modified_headers(&e, 7, &o, "n");
+        assert!(nm.contains(&("etag".into(), "\"a\"".into())));
+        assert!(!nm.iter().any(|(k, _)| k == "content-type"));
+    }
+
+    #[test]
+    fn tags_and_locations() {
+        let h = hv(&[("Cache-Tag", "a, b"), ("surrogate-key", "c a"), ("x", "z")]);
+        assert_eq!(
+            tags(&h, &["cache-tag".into(), "surrogate-key".into()]),
+            vec!["a", "b", "c"]
+        );
+        assert_eq!(same_authority_path("/x?y=1", "h"), Some("/x".into()));
+        assert_eq!(same_authority_path("http://H:80/p", "h"), Some("/p".into()));
+        assert_eq!(same_authority_path("https://other/p", "h"), None);
+        assert_eq!(same_authority_path("//other/p", "h"), None);
+    }
+}
