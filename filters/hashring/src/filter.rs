@@ -1,0 +1,649 @@
+//! proxy-wasm glue: builds the table at configure time, picks a host per request, writes the
+//! decision for Envoy, and settles in-flight counts and passive health when the stream ends.
+
+use crate::config::{check_table_limits, Config, Host, HostsFrom, NoKey, Output};
+use crate::hostset::{self, HostSetRecord};
+use crate::output::{header_value, set_filter_state_args, ORIGINAL_DST_KEY};
+use crate::select::{select, Selection};
+use crate::state::{self, HealthChange, Keys};
+use crate::table::Table;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use switchyard_core::hash::stable_hash64;
+use switchyard_core::host::{self, HostStore};
+use switchyard_core::metrics::Metrics;
+use switchyard_core::shared::{cas_update, ensure_key, CasOutcome, SharedStore, Update};
+
+/// Envoy `response.flags` bits that mean the upstream host failed the request: timeout (UT),
+/// remote reset (UR), connection failure (UF), connection termination (UC).
+const UPSTREAM_FAILURE_FLAGS: u64 = 0x4 | 0x10 | 0x20 | 0x40;
+
+/// One host set and its table, built once per configuration or host-set change. Requests hold
+/// an `Rc` to the set they started with, so a rebuild never changes a request's indices.
+pub struct HostSet {
+    hosts: Vec<Host>,
+    table: Table,
+    /// Per-host metric name prefixes (`host.127_0_0_1_8081`).
+    host_stats: Vec<String>,
+    /// Version of the shared `hosts_from` record this set came from (0: configured hosts).
+    version: u64,
+}
+
+impl HostSet {
+    fn build(config: &Config, hosts: Vec<Host>, version: u64, metrics: &Metrics) -> HostSet {
+        let table = Table::build(config.algorithm, &hosts, config.vnodes, config.table_size);
+        let host_stats: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("host.{}", stat_label(&h.address)))
+            .collect();
+        for prefix in &host_stats {
+            for stat in ["picks", "spills", "health_skips", "ejections"] {
+                metrics.define_counter(&format!("{prefix}.{stat}"));
+            }
+        }
+        metrics.inc("table_rebuilds");
+        HostSet {
+            hosts,
+            table,
+            host_stats,
+            version,
+        }
+    }
+
+    fn host_inc(&self, metrics: &Metrics, host: usize, stat: &str) {
+        if let Some(prefix) = self.host_stats.get(host) {
+            metrics.inc(&format!("{prefix}.{stat}"));
+        }
+    }
+
+    fn host_index(&self, address: &str) -> Option<usize> {
+        self.hosts.iter().position(|h| h.address == address)
+    }
+}
+
+/// Largest `hosts_from` body accepted (1024 hosts need well under 100 KiB).
+const MAX_HOST_LIST_BYTES: usize = 1 << 20;
+
+/// Everything one configuration needs at request time, built in `on_configure`.
+pub struct Runtime {
+    config: Config,
+    keys: Keys,
+    hostset_key: String,
+    metrics: Metrics,
+    set: RefCell<Rc<HostSet>>,
+}
+
+impl Runtime {
+    fn new(config: Config, scope: &str) -> Runtime {
+        let metrics = Metrics::new("hashring");
+        for stat in [
+            "table_rebuilds",
+            "no_key",
+            "all_unhealthy",
+            "over_capacity",
+            "store_errors",
+            "output_errors",
+            "hosts_from_fetches",
+            "hosts_from_not_modified",
+            "hosts_from_updates",
+            "hosts_from_rejected",
+            "hosts_from_errors",
+        ] {
+            metrics.define_counter(stat);
+        }
+        let set = HostSet::build(&config, config.hosts.clone(), 0, &metrics);
+        Runtime {
+            keys: Keys::new(scope),
+            hostset_key: format!("switchyard.hashring.{scope}.hostset"),
+            set: RefCell::new(Rc::new(set)),
+            config,
+            metrics,
+        }
+    }
+
+    fn current(&self) -> Rc<HostSet> {
+        self.set.borrow().clone()
+    }
+
+    /// Adopts the shared host set if its version changed since this worker last looked.
+    fn sync_host_set(&self) {
+        let record = match HostStore.get(&self.hostset_key) {
+            Ok((v, _)) => HostSetRecord::decode(v.as_deref()),
+            Err(e) => {
+                log::warn!("switchyard hashring: host set unavailable: {e:?}");
+                self.metrics.inc("store_errors");
+                return;
+            }
+        };
+        if record.version == 0 || record.version == self.current().version {
+            return;
+        }
+        match record.hosts() {
+            Some(hosts) => {
+                let set = HostSet::build(&self.config, hosts, record.version, &self.metrics);
+                log::info!(
+                    "switchyard hashring: host set version {} with {} hosts",
+                    record.version,
+                    set.hosts.len()
+                );
+                *self.set.borrow_mut() = Rc::new(set);
+            }
+            None => {
+                log::warn!(
+                    "switchyard hashring: shared host set is unreadable, keeping the current one"
+                );
+                self.metrics.inc("store_errors");
+            }
+        }
+    }
+}
+
+/// Stat names use `.` as a separator: `127.0.0.1:8081` becomes `127_0_0_1_8081`.
+fn stat_label(address: &str) -> String {
+    address
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>()
+        .trim_matches('_')
+        .to_string()
+}
+
+#[derive(Default)]
+pub struct HashringRoot {
+    runtime: Option<Rc<Runtime>>,
+    /// Round-robin position for requests without a key (per worker).
+    round_robin: Rc<Cell<u64>>,
+    /// A `hosts_from` fetch of this worker is in flight.
+    fetching: bool,
+}
+
+impl Context for HashringRoot {
+    fn on_http_call_response(
+        &mut self,
+        _token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        self.fetching = false;
+        let Some(rt) = self.runtime.clone() else {
+            return;
+        };
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        match status {
+            304 => rt.metrics.inc("hosts_from_not_modified"),
+            200 if body_size > MAX_HOST_LIST_BYTES => {
+                log::warn!("switchyard hashring: hosts_from body of {body_size} bytes exceeds {MAX_HOST_LIST_BYTES}, keeping the last good host set");
+                rt.metrics.inc("hosts_from_rejected");
+            }
+            200 => {
+                let body = self
+                    .get_http_call_response_body(0, body_size)
+                    .unwrap_or_default();
+                let etag = self
+                    .get_http_call_response_header("etag")
+                    .unwrap_or_default();
+                self.store_fetched(&rt, &body, &etag);
+            }
+            other => {
+                log::warn!("switchyard hashring: hosts_from answered {other}, keeping the last good host set");
+                rt.metrics.inc("hosts_from_errors");
+            }
+        }
+    }
+}
+
+impl HashringRoot {
+    fn store_fetched(&self, rt: &Runtime, body: &[u8], etag: &str) {
+        let checked = hostset::parse_host_list(body).and_then(|hosts| {
+            check_table_limits(
+                rt.config.algorithm,
+                &hosts,
+                rt.config.vnodes,
+                rt.config.table_size,
+            )
+            .map_err(|e| e.to_string())
+            .map(|_| hosts)
+        });
+        let hosts = match checked {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("switchyard hashring: rejected host set from hosts_from, keeping the last good one: {e}");
+                rt.metrics.inc("hosts_from_rejected");
+                return;
+            }
+        };
+        let out = cas_update(&HostStore, &rt.hostset_key, state::CAS_RETRIES, |cur| {
+            let record = HostSetRecord::decode(cur);
+            match hostset::apply_fetched(&record, &hosts, etag) {
+                Some(next) => Update::Write(next.encode(), next.version != record.version),
+                None => Update::Keep(false),
+            }
+        });
+        match out.result() {
+            Some(true) => {
+                rt.metrics.inc("hosts_from_updates");
+                rt.sync_host_set();
+            }
+            Some(false) => {}
+            None => {
+                log::warn!("switchyard hashring: could not store the fetched host set");
+                rt.metrics.inc("store_errors");
+            }
+        }
+    }
+
+    /// Claims the fetch lease and, if this worker won it, asks the `hosts_from` endpoint.
+    fn maybe_fetch(&mut self, rt: &Runtime, hf: &HostsFrom) {
+        if self.fetching {
+            return;
+        }
+        let now = host::now_nanos();
+        let out = cas_update(&HostStore, &rt.hostset_key, state::CAS_RETRIES, |cur| {
+            let record = HostSetRecord::decode(cur);
+            match hostset::claim_fetch(&record, now, hf.interval.as_nanos()) {
+                Some(next) => Update::Write(next.encode(), Some(record.etag)),
+                None => Update::Keep(None),
+            }
+        });
+        let etag = match out {
+            CasOutcome::Written {
+                result: Some(etag), ..
+            } => etag,
+            // Another worker holds the lease or the fetch is not due.
+            CasOutcome::Kept { .. } | CasOutcome::Written { .. } | CasOutcome::Exhausted { .. } => {
+                return
+            }
+            CasOutcome::Failed(e) => {
+                log::warn!("switchyard hashring: host set lease failed: {e:?}");
+                rt.metrics.inc("store_errors");
+                return;
+            }
+        };
+        let authority = hf.authority.clone().unwrap_or_else(|| hf.cluster.clone());
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", hf.path.as_str()),
+            (":authority", authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        if !etag.is_empty() {
+            headers.push(("if-none-match", etag.as_str()));
+        }
+        match self.dispatch_http_call(&hf.cluster, headers, None, vec![], hf.timeout.std()) {
+            Ok(_) => {
+                self.fetching = true;
+                rt.metrics.inc("hosts_from_fetches");
+            }
+            Err(e) => {
+                log::warn!(
+                    "switchyard hashring: cannot fetch hosts from cluster {}: {e:?}",
+                    hf.cluster
+                );
+                rt.metrics.inc("hosts_from_errors");
+            }
+        }
+    }
+}
+
+impl RootContext for HashringRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = host::plugin_configuration();
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("switchyard hashring: invalid configuration: {e}");
+                return false;
+            }
+        };
+        // State is shared by every worker (and every listener) running this configuration.
+        let scope = format!("{:016x}", stable_hash64(&bytes));
+        let runtime = Runtime::new(config, &scope);
+        // Only the stores this configuration uses are created (shared data cannot be deleted).
+        let wanted = [
+            (
+                runtime.config.bounded_load.is_some(),
+                &runtime.keys.loads,
+                state::EMPTY,
+            ),
+            (
+                runtime.config.health.is_some(),
+                &runtime.keys.health,
+                state::EMPTY,
+            ),
+            (
+                runtime.config.hosts_from.is_some(),
+                &runtime.hostset_key,
+                hostset::EMPTY,
+            ),
+        ];
+        for (_, key, initial) in wanted.iter().filter(|w| w.0) {
+            if let Err(e) = ensure_key(&HostStore, key, initial) {
+                log::warn!("switchyard hashring: cannot create shared data {key}: {e:?}");
+                runtime.metrics.inc("store_errors");
+            }
+        }
+        if let Some(hf) = &runtime.config.hosts_from {
+            // Adopt a set another worker already fetched, then check for changes regularly.
+            runtime.sync_host_set();
+            let tick = hf.interval.std().min(std::time::Duration::from_secs(1));
+            self.set_tick_period(tick);
+        }
+        log::info!(
+            "switchyard hashring: {} over {} hosts",
+            runtime.config.algorithm.name(),
+            runtime.current().hosts.len()
+        );
+        self.runtime = Some(Rc::new(runtime));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(rt) = self.runtime.clone() else {
+            return;
+        };
+        rt.sync_host_set();
+        if let Some(hf) = &rt.config.hosts_from {
+            self.maybe_fetch(&rt, hf);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(HashringHttp {
+            runtime: self.runtime.clone(),
+            set: None,
+            round_robin: self.round_robin.clone(),
+            admitted: None,
+            listed: Vec::new(),
+            explain: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+pub struct HashringHttp {
+    runtime: Option<Rc<Runtime>>,
+    /// The host set this request was decided on.
+    set: Option<Rc<HostSet>>,
+    round_robin: Rc<Cell<u64>>,
+    /// Host whose in-flight count this request holds (released exactly once in `on_log`).
+    admitted: Option<String>,
+    /// Hosts written to the header, in order (for attributing retried failures).
+    listed: Vec<usize>,
+    explain: Option<String>,
+}
+
+impl Context for HashringHttp {}
+
+impl HttpContext for HashringHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(rt) = self.runtime.clone() else {
+            return Action::Continue;
+        };
+        let view = host::request_view(self);
+        let now = host::now_nanos();
+        let set = rt.current();
+        self.set = Some(set.clone());
+        let n = set.hosts.len();
+
+        let healthy = match &rt.config.health {
+            None => vec![true; n],
+            Some(_) => match state::read_health(&HostStore, &rt.keys.health) {
+                Ok(map) => state::healthy_mask(&set.hosts, &map, now),
+                Err(e) => {
+                    log::warn!("switchyard hashring: health state unavailable: {e:?}");
+                    rt.metrics.inc("store_errors");
+                    vec![true; n]
+                }
+            },
+        };
+
+        let key = rt.config.hash_key.first_present(&view);
+        let (label, key_hash) = match &key {
+            Some((i, value)) => (
+                rt.config
+                    .hash_key
+                    .0
+                    .get(*i)
+                    .map(|s| s.label())
+                    .unwrap_or_default(),
+                Some(stable_hash64(value.as_bytes())),
+            ),
+            None => {
+                rt.metrics.inc("no_key");
+                ("none".to_string(), None)
+            }
+        };
+        let start = match (key_hash, rt.config.no_key) {
+            (Some(_), _) => 0,
+            (None, NoKey::RoundRobin) => {
+                let c = self.round_robin.get();
+                self.round_robin.set(c.wrapping_add(1));
+                c
+            }
+            (None, NoKey::Random) => {
+                let c = self.round_robin.get();
+                self.round_robin.set(c.wrapping_add(1));
+                stable_hash64(&[now.to_le_bytes(), c.to_le_bytes()].concat())
+            }
+        };
+        // Without a key the order is a rotation of the host list, so health skips and the
+        // load bound still apply.
+        let order = || -> Box<dyn Iterator<Item = usize> + '_> {
+            match key_hash {
+                Some(k) => Box::new(set.table.walk(k)),
+                None => {
+                    let first = (start % n.max(1) as u64) as usize;
+                    Box::new((0..n).map(move |j| (first + j) % n))
+                }
+            }
+        };
+        let fallbacks = match rt.config.output {
+            Output::Header(_) => rt.config.fallbacks as usize,
+            Output::OriginalDst => 0,
+        };
+
+        let selection: Selection = match rt.config.bounded_load {
+            None => select(order(), &healthy, None, fallbacks),
+            Some(factor) => {
+                match state::admit(
+                    &HostStore,
+                    &rt.keys.loads,
+                    &set.hosts,
+                    order,
+                    &healthy,
+                    factor,
+                    fallbacks,
+                ) {
+                    Ok(sel) => {
+                        self.admitted = sel
+                            .chosen()
+                            .and_then(|c| set.hosts.get(c))
+                            .map(|h| h.address.clone());
+                        sel
+                    }
+                    Err(e) => {
+                        // Fail open: pick without the bound rather than fail the request.
+                        log::warn!("switchyard hashring: in-flight counts unavailable: {e:?}");
+                        rt.metrics.inc("store_errors");
+                        select(order(), &healthy, None, fallbacks)
+                    }
+                }
+            }
+        };
+
+        record_metrics(&rt.metrics, &set, &selection);
+        let addresses: Vec<&str> = selection
+            .hosts
+            .iter()
+            .filter_map(|i| set.hosts.get(*i))
+            .map(|h| h.address.as_str())
+            .collect();
+        match &rt.config.output {
+            // Always overwritten: a client-sent value must never reach the load balancer.
+            Output::Header(name) => {
+                self.set_http_request_header(name, Some(&header_value(&addresses)))
+            }
+            Output::OriginalDst => {
+                if let Some(chosen) = addresses.first() {
+                    let args = set_filter_state_args(ORIGINAL_DST_KEY, chosen);
+                    if let Err(e) = proxy_wasm::hostcalls::call_foreign_function(
+                        "set_envoy_filter_state",
+                        Some(&args),
+                    ) {
+                        log::warn!("switchyard hashring: set_envoy_filter_state failed: {e:?}");
+                        rt.metrics.inc("output_errors");
+                    }
+                }
+            }
+        }
+        if rt.config.debug_header.is_some() {
+            let hash = key_hash.map_or("-".to_string(), |h| format!("{h:016x}"));
+            let chosen = addresses.first().copied().unwrap_or("-");
+            let reason = if key_hash.is_none() {
+                format!("no_key,{}", selection.reason())
+            } else {
+                selection.reason()
+            };
+            self.explain = Some(format!(
+                "key={label}; hash={hash}; host={chosen}; reason={reason}; order={}",
+                header_value(&addresses)
+            ));
+        }
+        self.listed = selection.hosts;
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let (Some(rt), Some(explain)) = (&self.runtime, &self.explain) {
+            if let Some(name) = &rt.config.debug_header {
+                self.set_http_response_header(name, Some(explain));
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(rt) = self.runtime.clone() else {
+            return;
+        };
+        if let Some(address) = self.admitted.take() {
+            if let Err(e) = state::release(&HostStore, &rt.keys.loads, &address) {
+                log::warn!("switchyard hashring: in-flight release failed: {e:?}");
+                rt.metrics.inc("store_errors");
+            }
+        }
+        if rt.config.health.is_some() {
+            self.observe_health(&rt);
+        }
+    }
+}
+
+fn record_metrics(metrics: &Metrics, set: &HostSet, sel: &Selection) {
+    if let Some(c) = sel.chosen() {
+        set.host_inc(metrics, c, "picks");
+    }
+    for h in &sel.spilled {
+        set.host_inc(metrics, *h, "spills");
+    }
+    for h in &sel.health_skipped {
+        set.host_inc(metrics, *h, "health_skips");
+    }
+    if sel.all_unhealthy {
+        metrics.inc("all_unhealthy");
+    }
+    if sel.over_capacity {
+        metrics.inc("over_capacity");
+    }
+}
+
+impl HashringHttp {
+    fn property_u64(&self, path: Vec<&str>) -> Option<u64> {
+        let bytes = self.get_property(path)?;
+        let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(arr))
+    }
+
+    /// Attributes the stream's outcome to the host that served it (`upstream.address`). With
+    /// the header output, retries walk the listed hosts in order, so hosts listed before the
+    /// one that finally served were tried and failed.
+    fn observe_health(&self, rt: &Runtime) {
+        let (Some(health), Some(set)) = (&rt.config.health, &self.set) else {
+            return;
+        };
+        let served = self
+            .get_property(vec!["upstream", "address"])
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty());
+        let Some(served) = served else {
+            // Never reached an upstream (local reply before routing): nothing to attribute.
+            return;
+        };
+        let code = self.property_u64(vec!["response", "code"]).unwrap_or(0);
+        let flags = self.property_u64(vec!["response", "flags"]).unwrap_or(0);
+        let failed = code >= 500 || flags & UPSTREAM_FAILURE_FLAGS != 0;
+        if code == 0 && !failed {
+            // No response and no upstream fault (e.g. the client went away): unknown.
+            return;
+        }
+        let now = host::now_nanos();
+        let cooldown = health.cooldown.as_nanos();
+        let mut outcomes: Vec<(usize, bool)> = Vec::new();
+        let served_index = set.host_index(&served);
+        if matches!(rt.config.output, Output::Header(_)) {
+            if let Some(pos) = served_index.and_then(|s| self.listed.iter().position(|l| *l == s)) {
+                outcomes.extend(self.listed[..pos].iter().map(|h| (*h, true)));
+            }
+        }
+        if let Some(s) = served_index {
+            outcomes.push((s, failed));
+        }
+        for (h, failed) in outcomes {
+            let Some(address) = set.hosts.get(h).map(|x| x.address.as_str()) else {
+                continue;
+            };
+            match state::record_outcome(
+                &HostStore,
+                &rt.keys.health,
+                address,
+                failed,
+                now,
+                health.failures,
+                cooldown,
+            ) {
+                Ok(HealthChange::Ejected) => {
+                    log::info!(
+                        "switchyard hashring: {address} ejected for {} after {} consecutive failures",
+                        health.cooldown,
+                        health.failures
+                    );
+                    set.host_inc(&rt.metrics, h, "ejections");
+                }
+                Ok(HealthChange::None) => {}
+                Err(e) => {
+                    log::warn!("switchyard hashring: health update failed: {e:?}");
+                    rt.metrics.inc("store_errors");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_labels_have_no_separators() {
+        assert_eq!(stat_label("127.0.0.1:8081"), "127_0_0_1_8081");
+        assert_eq!(stat_label("[::1]:80"), "1__80");
+    }
+}

@@ -1,0 +1,195 @@
+//! The dynamic host set (`hosts_from`): one shared-data record per configuration holding the
+//! last good host list, its version and ETag, and the fetch lease. One worker at a time fetches
+//! (whoever wins the CAS on the lease); every worker rebuilds its table when the version it
+//! sees changes, so a table is rebuilt once per change per worker, never per request.
+//!
+//! Record format: `v1`, version, next fetch time (ns), ETag (may be empty), then the host list
+//! as canonical JSON (empty until the first good fetch).
+
+use crate::config::{validate_hosts, Host, HostSpec};
+use serde::{Deserialize, Serialize};
+
+/// The initial record: version 0, fetch due immediately, no hosts.
+pub const EMPTY: &[u8] = b"v1\n0\n0\n\n";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostSetRecord {
+    pub version: u64,
+    pub next_fetch_at: u64,
+    pub etag: String,
+    /// Canonical JSON of the last good host list; empty before the first good fetch.
+    pub hosts_json: String,
+}
+
+impl HostSetRecord {
+    pub fn decode(bytes: Option<&[u8]>) -> HostSetRecord {
+        let text = bytes
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("");
+        let mut parts = text.splitn(5, '\n');
+        if parts.next() != Some("v1") {
+            return HostSetRecord::default();
+        }
+        let version = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let next_fetch_at = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let etag = parts.next().unwrap_or("").to_string();
+        let hosts_json = parts.next().unwrap_or("").to_string();
+        HostSetRecord {
+            version,
+            next_fetch_at,
+            etag,
+            hosts_json,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        format!(
+            "v1\n{}\n{}\n{}\n{}",
+            self.version,
+            self.next_fetch_at,
+            self.etag.replace('\n', ""),
+            self.hosts_json
+        )
+        .into_bytes()
+    }
+
+    /// The stored host list (already validated by the writer; re-validated anyway).
+    pub fn hosts(&self) -> Option<Vec<Host>> {
+        if self.hosts_json.is_empty() {
+            return None;
+        }
+        parse_host_list(self.hosts_json.as_bytes()).ok()
+    }
+}
+
+#[derive(Serialize)]
+struct CanonicalHost<'a> {
+    address: &'a str,
+    weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HostListBody {
+    List(Vec<HostSpec>),
+    Object { hosts: Vec<HostSpec> },
+}
+
+/// Parses and validates a fetched host list: `[{"address": "10.0.0.1:80", "weight": 2}, ...]`
+/// (or `{"hosts": [...]}`), with the same rules as the configured `hosts`.
+pub fn parse_host_list(body: &[u8]) -> Result<Vec<Host>, String> {
+    let parsed: HostListBody = serde_json::from_slice(body)
+        .map_err(|e| format!("not a JSON list of {{\"address\", \"weight\"}} hosts: {e}"))?;
+    let specs = match parsed {
+        HostListBody::List(l) => l,
+        HostListBody::Object { hosts } => hosts,
+    };
+    validate_hosts(&specs).map_err(|e| e.under("hosts").to_string())
+}
+
+/// Canonical JSON of a host list, so equal lists compare equal as text.
+pub fn canonical_json(hosts: &[Host]) -> String {
+    let list: Vec<CanonicalHost<'_>> = hosts
+        .iter()
+        .map(|h| CanonicalHost {
+            address: &h.address,
+            weight: h.weight,
+        })
+        .collect();
+    serde_json::to_string(&list).unwrap_or_default()
+}
+
+/// The fetch lease: if a fetch is due at `now`, returns the record with the next fetch pushed
+/// to `now + interval` (the caller CAS-writes it; the winner fetches).
+pub fn claim_fetch(cur: &HostSetRecord, now: u64, interval_nanos: u64) -> Option<HostSetRecord> {
+    if now < cur.next_fetch_at {
+        return None;
+    }
+    let mut next = cur.clone();
+    next.next_fetch_at = now.saturating_add(interval_nanos.max(1));
+    Some(next)
+}
+
+/// Stores a freshly fetched good list: a new version only if the list changed.
+pub fn apply_fetched(cur: &HostSetRecord, hosts: &[Host], etag: &str) -> Option<HostSetRecord> {
+    let json = canonical_json(hosts);
+    if json == cur.hosts_json && etag == cur.etag {
+        return None;
+    }
+    let mut next = cur.clone();
+    if json != cur.hosts_json {
+        next.version = cur.version.saturating_add(1);
+        next.hosts_json = json;
+    }
+    next.etag = etag.to_string();
+    Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips() {
+        let r = HostSetRecord {
+            version: 3,
+            next_fetch_at: 42,
+            etag: "\"abc\"".into(),
+            hosts_json: r#"[{"address":"10.0.0.1:80","weight":1}]"#.into(),
+        };
+        assert_eq!(HostSetRecord::decode(Some(&r.encode())), r);
+        assert_eq!(HostSetRecord::decode(Some(EMPTY)), HostSetRecord::default());
+        assert_eq!(
+            HostSetRecord::decode(Some(b"junk")),
+            HostSetRecord::default()
+        );
+        assert_eq!(r.hosts().unwrap()[0].address, "10.0.0.1:80");
+        assert_eq!(HostSetRecord::default().hosts(), None);
+    }
+
+    #[test]
+    fn host_lists_are_validated_like_the_config() {
+        let ok = parse_host_list(
+            br#"[{"address": "10.0.0.1:80", "weight": 2}, {"address": "10.0.0.2:80"}]"#,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].weight, 1);
+        assert!(parse_host_list(br#"{"hosts": [{"address": "10.0.0.1:80"}]}"#).is_ok());
+        for bad in [
+            &br#"[]"#[..],
+            br#"not json"#,
+            br#"[{"address": "10.0.0.1:80", "weight": 0}]"#,
+            br#"[{"address": "10.0.0.1:80"}, {"address": "10.0.0.1:80"}]"#,
+            br#"[{"address": "nope"}]"#,
+        ] {
+            let e = parse_host_list(bad).unwrap_err();
+            assert!(!e.is_empty());
+        }
+        let e = parse_host_list(br#"[{"address": "10.0.0.1:80", "weight": 0}]"#).unwrap_err();
+        assert!(e.contains("[0].weight"), "{e}");
+    }
+
+    #[test]
+    fn one_claim_per_interval() {
+        let cur = HostSetRecord::default();
+        let claimed = claim_fetch(&cur, 100, 50).unwrap();
+        assert_eq!(claimed.next_fetch_at, 150);
+        assert_eq!(claim_fetch(&claimed, 149, 50), None);
+        assert!(claim_fetch(&claimed, 150, 50).is_some());
+    }
+
+    #[test]
+    fn version_changes_only_when_the_list_changes() {
+        let hosts = parse_host_list(br#"[{"address": "10.0.0.1:80"}]"#).unwrap();
+        let v1 = apply_fetched(&HostSetRecord::default(), &hosts, "\"e1\"").unwrap();
+        assert_eq!(v1.version, 1);
+        assert_eq!(apply_fetched(&v1, &hosts, "\"e1\""), None);
+        // Same list, new ETag: remembered, but no rebuild.
+        let same = apply_fetched(&v1, &hosts, "\"e2\"").unwrap();
+        assert_eq!(same.version, 1);
+        let more = parse_host_list(br#"[{"address": "10.0.0.1:80"}, {"address": "10.0.0.2:80"}]"#)
+            .unwrap();
+        assert_eq!(apply_fetched(&same, &more, "\"e3\"").unwrap().version, 2);
+    }
+}
