@@ -1,1 +1,27 @@
-//! Switchyard router filter (under construction).
+//! Switchyard router: decides where each request goes from a JSON route table (first match
+//! wins), with weighted and sticky canaries, rewrites, redirects, direct responses, mirroring
+//! and live reload of the table from an HTTP endpoint.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod filter;
+pub mod reload;
+pub mod table;
+
+#[cfg(test)]
+mod tests;
+
+// Only the wasm module registers the entry point: natively several filter rlibs link into one
+// test binary and would export the same `_initialize`.
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(filter::RouterRoot::new(context_id))
+    });
+}}
+
+/// Parses and validates a plugin configuration exactly as `on_configure` does.
+pub fn validate_config(json: &[u8]) -> Result<(), switchyard_core::ConfigError> {
+    config::parse_router_config(json).map(|_| ())
+}
