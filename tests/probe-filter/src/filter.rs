@@ -1,0 +1,360 @@
+//! proxy-wasm glue of the probe (see the crate docs for what each header does).
+
+use crate::{decode_counter, parse, render_property, split_assignment, ProbeConfig};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+use switchyard_core::host;
+use switchyard_core::metrics::Metrics;
+use switchyard_core::shared::{cas_update, CasOutcome, Update};
+
+const NAME: &str = "probe";
+const QUEUE_KEY: &str = "switchyard.probe.queue";
+const TICKS_KEY: &str = "switchyard.probe.ticks";
+const CAS_RETRIES: u32 = 8;
+
+struct ProbeRoot {
+    config: Option<Rc<ProbeConfig>>,
+    queue_id: Option<u32>,
+    /// Streams paused by `x-probe-pause`, resumed by the next tick.
+    paused: Rc<RefCell<Vec<u32>>>,
+    metrics: Rc<Metrics>,
+}
+
+impl ProbeRoot {
+    fn new() -> Self {
+        ProbeRoot {
+            config: None,
+            queue_id: None,
+            paused: Rc::new(RefCell::new(Vec::new())),
+            metrics: Rc::new(Metrics::new(NAME)),
+        }
+    }
+
+    fn probing(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.mode == "probe")
+    }
+}
+
+// Only the wasm module registers the entry point: natively several filter rlibs link into one
+// test binary and would export the same `_initialize`.
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    host::init_vm(NAME, env!("CARGO_PKG_VERSION"));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ProbeRoot::new()) });
+}}
+
+/// Adds one to a shared little-endian counter with CAS; `None` if every retry lost a race.
+fn increment_shared(key: &str) -> Option<u64> {
+    let outcome = cas_update(&host::HostStore, key, CAS_RETRIES, |current| {
+        let next = decode_counter(current).saturating_add(1);
+        Update::Write(next.to_le_bytes().to_vec(), next)
+    });
+    match outcome {
+        CasOutcome::Written { result, .. } => Some(result),
+        other => {
+            log::warn!("switchyard probe: shared counter {key} not updated: {other:?}");
+            None
+        }
+    }
+}
+
+impl Context for ProbeRoot {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+    }
+}
+
+impl RootContext for ProbeRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config = match parse(&host::plugin_configuration()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("switchyard probe: invalid configuration: {e}");
+                return false;
+            }
+        };
+        if config.mode == "probe" {
+            for counter in ["requests", "logged", "ticks", "queue_received"] {
+                self.metrics.define_counter(counter);
+            }
+            self.metrics.define_gauge("paused");
+            if config.tick_ms > 0 {
+                self.set_tick_period(Duration::from_millis(config.tick_ms));
+            }
+            if let Some(queue) = &config.queue {
+                self.queue_id = hostcalls::register_shared_queue(queue).ok();
+            }
+            log::info!("switchyard probe: configured {config:?}");
+        }
+        self.config = Some(Rc::new(config));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.metrics.inc("ticks");
+        let _ = increment_shared(TICKS_KEY);
+        let paused: Vec<u32> = self.paused.borrow_mut().drain(..).collect();
+        for context_id in paused {
+            // Resuming another context's stream requires making it the effective context.
+            if hostcalls::set_effective_context(context_id).is_ok() {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        self.metrics.set_gauge("paused", 0);
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(message)) = hostcalls::dequeue_shared_queue(queue_id) {
+            self.metrics.inc("queue_received");
+            let _ = cas_update(&host::HostStore, QUEUE_KEY, CAS_RETRIES, |current| {
+                let mut all = current.map(<[u8]>::to_vec).unwrap_or_default();
+                if !all.is_empty() {
+                    all.push(b',');
+                }
+                all.extend_from_slice(&message);
+                Update::Write(all, ())
+            });
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if !self.probing() {
+            return Some(Box::new(NoopHttp));
+        }
+        Some(Box::new(ProbeHttp {
+            context_id,
+            config: self.config.clone()?,
+            queue_id: self.queue_id,
+            paused: self.paused.clone(),
+            metrics: self.metrics.clone(),
+            reply_headers: Vec::new(),
+            body_mode: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// `{"mode":"noop"}`: every callback continues.
+struct NoopHttp;
+impl Context for NoopHttp {}
+impl HttpContext for NoopHttp {}
+
+struct ProbeHttp {
+    context_id: u32,
+    config: Rc<ProbeConfig>,
+    queue_id: Option<u32>,
+    paused: Rc<RefCell<Vec<u32>>>,
+    metrics: Rc<Metrics>,
+    /// Headers added to the response (upstream or local) of this request.
+    reply_headers: Vec<(String, String)>,
+    body_mode: Option<String>,
+}
+
+impl ProbeHttp {
+    fn local_reply(&self, status: u32, body: &[u8]) {
+        let mut headers: Vec<(&str, &str)> = vec![("x-probe-reply", "1")];
+        headers.extend(
+            self.reply_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        self.send_http_response(status, headers, Some(body));
+    }
+
+    /// Passes a value both upstream (request header) and back to the client (response header).
+    fn report(&mut self, name: &str, value: String) {
+        self.set_http_request_header(name, Some(&value));
+        self.reply_headers.push((name.to_string(), value));
+    }
+}
+
+impl Context for ProbeHttp {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        // Envoy reports a failed or timed-out callout as a response without headers.
+        if num_headers == 0 {
+            self.local_reply(503, b"probe callout failed\n");
+            return;
+        }
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_default();
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        self.report("x-probe-call-status", status);
+        self.report("x-probe-call-body", body);
+        self.resume_http_request();
+    }
+
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, message_size: usize) {
+        if status_code != 0 {
+            self.local_reply(
+                503,
+                format!("probe grpc failed: {status_code}\n").as_bytes(),
+            );
+            return;
+        }
+        let message = self
+            .get_grpc_call_response_body(0, message_size)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        self.report("x-probe-grpc", message);
+        self.resume_http_request();
+    }
+}
+
+impl HttpContext for ProbeHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.metrics.inc("requests");
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        log::info!("switchyard probe: request {method} {path}");
+
+        if let Some(status) = self.get_http_request_header("x-probe-reply") {
+            let status = status.trim().parse::<u32>().unwrap_or(500);
+            self.local_reply(status, b"probe local reply\n");
+            return Action::Pause;
+        }
+        if let Some(name) = self.get_http_request_header("x-probe-count") {
+            let key = format!("switchyard.probe.count.{}", name.trim());
+            match increment_shared(&key) {
+                Some(n) => self.report("x-probe-counted", n.to_string()),
+                None => self.report("x-probe-counted", "contended".to_string()),
+            }
+        }
+        if let Some(assignment) = self.get_http_request_header("x-probe-add") {
+            if let Some((name, value)) = split_assignment(&assignment) {
+                self.add_http_request_header(name, value);
+            }
+        }
+        if let Some(name) = self.get_http_request_header("x-probe-remove") {
+            self.set_http_request_header(name.trim(), None);
+        }
+        if let Some(path) = self.get_http_request_header("x-probe-property") {
+            let value = self
+                .get_property(path.trim().split('.').collect())
+                .map(|b| render_property(&b))
+                .unwrap_or_else(|| "<none>".to_string());
+            self.reply_headers
+                .push(("x-probe-property-value".to_string(), value));
+        }
+        if let Some(message) = self.get_http_request_header("x-probe-enqueue") {
+            if let Some(queue) = self.queue_id {
+                let _ = hostcalls::enqueue_shared_queue(queue, Some(message.as_bytes()));
+            }
+        }
+        self.body_mode = self.get_http_request_header("x-probe-body");
+        if self.body_mode.is_some() && end_of_stream && self.body_mode.as_deref() == Some("echo") {
+            self.local_reply(200, b"");
+            return Action::Pause;
+        }
+        if let Some(cluster) = self.get_http_request_header("x-probe-call") {
+            let cluster = cluster.trim().to_string();
+            let dispatched = self.dispatch_http_call(
+                &cluster,
+                vec![
+                    (":method", "GET"),
+                    (":path", "/probe"),
+                    (":authority", &cluster),
+                    ("x-probe-from", "probe"),
+                ],
+                None,
+                vec![],
+                Duration::from_millis(self.config.call_timeout_ms),
+            );
+            return match dispatched {
+                Ok(_) => Action::Pause,
+                Err(status) => {
+                    self.local_reply(
+                        500,
+                        format!("probe callout not sent: {status:?}\n").as_bytes(),
+                    );
+                    Action::Pause
+                }
+            };
+        }
+        if let Some(cluster) = self.get_http_request_header("x-probe-grpc") {
+            let dispatched = self.dispatch_grpc_call(
+                cluster.trim(),
+                "probe.Probe",
+                "Check",
+                vec![("x-probe-from", b"probe")],
+                Some(b"ping"),
+                Duration::from_millis(self.config.call_timeout_ms),
+            );
+            return match dispatched {
+                Ok(_) => Action::Pause,
+                Err(status) => {
+                    self.local_reply(500, format!("probe grpc not sent: {status:?}\n").as_bytes());
+                    Action::Pause
+                }
+            };
+        }
+        if self.get_http_request_header("x-probe-pause").is_some() {
+            self.paused.borrow_mut().push(self.context_id);
+            self.metrics.add_gauge("paused", 1);
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(mode) = self.body_mode.clone() else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            // Buffer until the whole body is here.
+            return Action::Pause;
+        }
+        self.metrics.record("body_bytes", body_size as u64);
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        match mode.as_str() {
+            "echo" => {
+                self.local_reply(200, &body);
+                Action::Pause
+            }
+            "upper" => {
+                self.set_http_request_body(0, body_size, &body.to_ascii_uppercase());
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.set_http_response_header("x-probe-response", Some("1"));
+        if let Some(code) = self.get_property(vec!["response", "code"]) {
+            self.set_http_response_header("x-probe-response-code", Some(&render_property(&code)));
+        }
+        for (name, value) in std::mem::take(&mut self.reply_headers) {
+            // A local reply already carries them.
+            if self.get_http_response_header(&name).is_none() {
+                self.add_http_response_header(&name, &value);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.metrics.inc("logged");
+    }
+}

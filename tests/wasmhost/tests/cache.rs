@@ -1,0 +1,210 @@
+//! Cache module tests Envoy cannot do deterministically: expiry on a frozen clock, exact `Age`,
+//! hits across workers, stale-while-revalidate with a background callout that the test fails,
+//! times out or answers, and stale-if-error.
+
+use serde_json::json;
+use std::time::Duration;
+use switchyard_wasmhost::{CalloutReply, Host, Outcome};
+
+fn cache(config: serde_json::Value) -> Host {
+    Host::load("dist/cache.wasm")
+        .unwrap()
+        .workers(2)
+        .configure(config.to_string())
+        .unwrap()
+}
+
+fn get(host: &mut Host, worker: usize, cache_control: &str, body: &str) -> Outcome {
+    host.worker(worker)
+        .request()
+        .path("/item")
+        .upstream_header("cache-control", cache_control)
+        .upstream_header("etag", "\"v1\"")
+        .upstream_body(body)
+        .send()
+        .unwrap()
+}
+
+fn x_cache(out: &Outcome) -> &str {
+    out.response_header("x-cache").unwrap_or("<none>")
+}
+
+#[test]
+fn entries_are_shared_across_workers_and_expire_exactly() {
+    let mut host = cache(json!({}));
+    let miss = get(&mut host, 0, "max-age=60", "v1");
+    assert!(miss.upstream_reached());
+    assert_eq!(x_cache(&miss), "MISS");
+    // Stored by worker 0, a hit on worker 1: answered without the upstream.
+    let hit = get(&mut host, 1, "max-age=60", "unused");
+    assert!(!hit.upstream_reached());
+    assert_eq!(x_cache(&hit), "HIT");
+    assert_eq!(hit.response_body(), "v1");
+    assert_eq!(hit.response_header("age"), Some("0"));
+    host.advance(Duration::from_secs(59)).unwrap();
+    let old = get(&mut host, 0, "max-age=60", "unused");
+    assert_eq!(
+        (x_cache(&old), old.response_header("age")),
+        ("HIT", Some("59"))
+    );
+    host.advance(Duration::from_secs(1)).unwrap();
+    let expired = get(&mut host, 1, "max-age=60", "v2");
+    assert!(
+        expired.upstream_reached(),
+        "an entry of age 60 is no longer fresh"
+    );
+    assert_ne!(x_cache(&expired), "HIT");
+    assert_eq!(expired.response_body(), "v2");
+    assert!(host.metric("switchyard.cache.hits").unwrap() >= 2);
+}
+
+fn swr_host() -> Host {
+    let mut host = cache(json!({"upstream_cluster": "origin", "upstream_timeout": "2s"}));
+    get(&mut host, 0, "max-age=10, stale-while-revalidate=60", "old");
+    host.advance(Duration::from_secs(15)).unwrap();
+    host
+}
+
+/// Serves the stale entry and returns the background revalidation callout it caused.
+fn stale_hit(host: &mut Host, worker: usize) -> (Outcome, switchyard_wasmhost::Callout) {
+    let out = get(
+        host,
+        worker,
+        "max-age=10, stale-while-revalidate=60",
+        "unused",
+    );
+    assert!(
+        !out.upstream_reached(),
+        "stale-while-revalidate answers from the cache"
+    );
+    assert_eq!(x_cache(&out), "STALE");
+    assert_eq!(out.response_body(), "old");
+    // The revalidation is sent from the root context on the next tick.
+    host.advance(Duration::from_millis(20)).unwrap();
+    let calls = host.callouts();
+    assert_eq!(
+        calls.len(),
+        1,
+        "exactly one background revalidation: {calls:?}"
+    );
+    let call = calls[0].clone();
+    assert_eq!(call.cluster, "origin");
+    assert_eq!(call.header(":path"), Some("/item"));
+    assert_eq!(call.header("if-none-match"), Some("\"v1\""));
+    (out, call)
+}
+
+#[test]
+fn stale_while_revalidate_keeps_serving_when_the_revalidation_fails() {
+    let mut host = swr_host();
+    let (_, call) = stale_hit(&mut host, 1);
+    host.answer(call.id, CalloutReply::Failure).unwrap();
+    assert!(host
+        .log_messages(switchyard_wasmhost::LogLevel::Warn)
+        .iter()
+        .any(|m| m.contains("background revalidation failed")));
+    // Still stale, still served, and revalidated again.
+    let (again, call) = stale_hit(&mut host, 0);
+    assert_eq!(again.response_body(), "old");
+    host.answer(
+        call.id,
+        CalloutReply::http(200)
+            .header("cache-control", "max-age=100")
+            .header("etag", "\"v2\"")
+            .body("new"),
+    )
+    .unwrap();
+    let fresh = get(&mut host, 1, "max-age=10", "unused");
+    assert_eq!(
+        (x_cache(&fresh), fresh.response_body().as_str()),
+        ("HIT", "new")
+    );
+    assert_eq!(
+        host.metric("switchyard.cache.background_revalidations"),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_slow_revalidation_times_out_and_the_stale_entry_stays() {
+    let mut host = swr_host();
+    let (_, call) = stale_hit(&mut host, 0);
+    assert_eq!(call.timeout, Some(Duration::from_secs(2)));
+    // Nobody answers: virtual time passes the callout's timeout.
+    host.advance(Duration::from_secs(2)).unwrap();
+    assert!(host.callouts().is_empty(), "the timed-out callout is gone");
+    assert_eq!(
+        host.metric("switchyard.cache.background_revalidations"),
+        Some(1)
+    );
+    let out = get(
+        &mut host,
+        1,
+        "max-age=10, stale-while-revalidate=60",
+        "unused",
+    );
+    assert_eq!(
+        (x_cache(&out), out.response_body().as_str()),
+        ("STALE", "old")
+    );
+}
+
+#[test]
+fn a_304_revalidation_refreshes_the_entry() {
+    let mut host = swr_host();
+    let (_, call) = stale_hit(&mut host, 1);
+    host.answer(
+        call.id,
+        CalloutReply::http(304).header("cache-control", "max-age=30"),
+    )
+    .unwrap();
+    let out = get(&mut host, 0, "unused", "unused");
+    assert_eq!(
+        (x_cache(&out), out.response_body().as_str()),
+        ("HIT", "old")
+    );
+    assert_eq!(host.metric("switchyard.cache.revalidated"), Some(1));
+    // The 304's headers replaced the stored ones: max-age=30 and no stale-while-revalidate.
+    host.advance(Duration::from_secs(29)).unwrap();
+    let out = get(&mut host, 1, "unused", "unused");
+    assert_eq!(
+        (x_cache(&out), out.response_header("age")),
+        ("HIT", Some("29"))
+    );
+    host.advance(Duration::from_secs(1)).unwrap();
+    let out = get(&mut host, 0, "max-age=30", "newest");
+    assert_eq!(x_cache(&out), "EXPIRED");
+    assert!(out.upstream_reached());
+}
+
+#[test]
+fn stale_if_error_serves_the_old_entry_when_the_upstream_fails() {
+    let mut host = cache(json!({}));
+    get(&mut host, 0, "max-age=10, stale-if-error=60", "good");
+    host.advance(Duration::from_secs(20)).unwrap();
+    let out = host
+        .worker(1)
+        .request()
+        .path("/item")
+        .upstream_status(503)
+        .upstream_body("broken")
+        .send()
+        .unwrap();
+    assert!(out.upstream_reached());
+    assert_eq!(out.status(), Some(200));
+    assert_eq!(out.response_body(), "good");
+    // Past the stale-if-error window the error goes through.
+    host.advance(Duration::from_secs(60)).unwrap();
+    let out = host
+        .worker(0)
+        .request()
+        .path("/item")
+        .upstream_status(503)
+        .upstream_body("broken")
+        .send()
+        .unwrap();
+    assert_eq!(
+        (out.status(), out.response_body().as_str()),
+        (Some(503), "broken")
+    );
+}
