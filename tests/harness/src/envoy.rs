@@ -1,6 +1,7 @@
 //! The Envoy child process: builder, start/ready, admin queries, restart, kill on drop.
 
 use crate::config::{self, Cluster, Spec, WasmFilter};
+use crate::docker::{Backend, EnvoyContainer};
 use crate::http::{Request, Response};
 use crate::paths;
 use crate::util::free_port;
@@ -297,7 +298,12 @@ impl EnvoyBuilder {
     /// Starts Envoy; `Err` carries the reason and the log (for tests that expect Envoy to
     /// reject a configuration).
     pub fn try_start(self) -> Result<Envoy, StartError> {
-        let bin = paths::envoy_bin();
+        let backend = Backend::from_env();
+        // The container backend runs the image's `envoy`; no binary is needed on the host.
+        let bin = match backend {
+            Backend::Process => paths::envoy_bin(),
+            Backend::Docker => PathBuf::from("envoy"),
+        };
         let fail = |message: String| StartError {
             message,
             log: String::new(),
@@ -334,13 +340,21 @@ impl EnvoyBuilder {
                 args.push("--component-log-level".into());
                 args.push(c.clone());
             }
+            // Envoy flushes its log file every 10 s by default; tests read the log to see what a
+            // filter logged, so flush promptly unless the test chose its own interval.
+            if !self.extra_args.iter().any(|a| a == "--file-flush-interval-msec") {
+                args.push("--file-flush-interval-msec".into());
+                args.push("100".into());
+            }
             args.extend(self.extra_args.iter().cloned());
             let admin = ports.get("ADMIN_PORT").copied().unwrap_or(0);
             let listener = ports.get("LISTENER_PORT").copied().unwrap_or(0);
             let mut envoy = Envoy {
                 bin: bin.clone(),
                 args,
+                backend,
                 child: None,
+                container: None,
                 dir: None,
                 config: text.clone(),
                 log_path,
@@ -383,7 +397,9 @@ impl EnvoyBuilder {
 pub struct Envoy {
     bin: PathBuf,
     args: Vec<String>,
+    backend: Backend,
     child: Option<Child>,
+    container: Option<EnvoyContainer>,
     dir: Option<ScratchDir>,
     config: String,
     log_path: PathBuf,
@@ -510,11 +526,18 @@ impl Envoy {
     }
 
     pub fn is_running(&mut self) -> bool {
+        if let Some(container) = &self.container {
+            return container.exited().is_none();
+        }
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// The process id, while running.
+    /// The process id, while running (container backend too: the container shares the host's
+    /// pid namespace).
     pub fn pid(&self) -> Option<u32> {
+        if let Some(container) = &self.container {
+            return container.pid();
+        }
         self.child.as_ref().map(Child::id)
     }
 
@@ -538,6 +561,17 @@ impl Envoy {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
+        if self.backend == Backend::Docker {
+            let dir = self.dir().to_path_buf();
+            let container = EnvoyContainer::start(
+                &self.args,
+                &dir,
+                &container_read_only_dirs(),
+                &self.stderr_path,
+            )?;
+            self.container = Some(container);
+            return self.wait_ready();
+        }
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -565,6 +599,13 @@ impl Envoy {
                     return Err(format!("Envoy exited during startup ({status})"));
                 }
             }
+            if let Some(code) = self.container.as_ref().and_then(EnvoyContainer::exited) {
+                // Its console output is already in the log; make sure the container goes.
+                self.kill();
+                return Err(format!(
+                    "Envoy exited during startup in its container (exit code {code})"
+                ));
+            }
             let ready = Request::new(self.admin_addr, "GET", "/ready")
                 .timeout(Duration::from_secs(2))
                 .try_send()
@@ -585,6 +626,9 @@ impl Envoy {
     }
 
     fn kill(&mut self) {
+        if let Some(mut container) = self.container.take() {
+            container.stop();
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -632,6 +676,19 @@ impl fmt::Debug for Envoy {
             .field("dir", &self.dir())
             .finish()
     }
+}
+
+/// What the container backend mounts read-only besides the scratch directory: the workspace
+/// (configs may name files in it) and the filters' directory when it lies elsewhere.
+fn container_read_only_dirs() -> Vec<PathBuf> {
+    let root = paths::workspace_root();
+    let mut dirs = vec![root.clone()];
+    let dist = paths::dist_dir();
+    let dist = dist.canonicalize().unwrap_or(dist);
+    if dist.is_dir() && !dist.starts_with(&root) {
+        dirs.push(dist);
+    }
+    dirs
 }
 
 pub(crate) fn parse_stats(json: &serde_json::Value) -> BTreeMap<String, u64> {

@@ -59,6 +59,10 @@
 //!   fails telling you to run `cargo xtask envoy`.
 //! - Filters: `$SWITCHYARD_DIST/<filter>.wasm`, else `<workspace>/dist/<filter>.wasm`; missing →
 //!   the test fails telling you to run `cargo xtask build`.
+//! - Backend: `SWITCHYARD_ENVOY=docker` runs every Envoy in a container (testcontainers, image
+//!   `SWITCHYARD_ENVOY_IMAGE` or `switchyard/envoy:1.40.0` from `cargo xtask images`, host
+//!   network, scratch directory and workspace bind-mounted at their host paths); unset or
+//!   `process` runs a child process. The tests are the same on both (see `docs/docker.md`).
 //!
 //! # Envoy facts the harness relies on
 //! - Proxy-wasm metrics defined as `switchyard.<filter>.<name>` show up in `/stats` as
@@ -84,12 +88,14 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod config;
+mod docker;
 mod envoy;
 mod http;
 mod paths;
 mod util;
 
 pub use config::{Cluster, WasmFilter};
+pub use docker::Backend;
 pub use envoy::{Envoy, EnvoyBuilder, StartError};
 pub use http::{Connection, Request, Response, DEFAULT_TIMEOUT};
 pub use paths::{dist_dir, envoy_bin, wasm_path, workspace_root};

@@ -95,7 +95,7 @@ fn example_and_demo_configurations_pass_validation() {
         .find("- name: envoy.filters.http.router")
         .unwrap()
         + start;
-    switchyard_ratelimit::validate_config(yaml[start..end].as_bytes()).unwrap();
+    switchyard_ratelimit::validate_config(&yaml.as_bytes()[start..end]).unwrap();
     let demo = std::fs::read(workspace_root().join("envoy/demo/ratelimit.json")).unwrap();
     switchyard_ratelimit::validate_config(&demo).unwrap();
 }

@@ -1,0 +1,318 @@
+//! `cargo xtask images`: every container image the project uses, built with no registry.
+//!
+//! - `debian:bookworm-slim`, only when it is not already present: `debootstrap --variant=minbase
+//!   bookworm` + `docker import` (the root filesystem tarball is cached in `target/tools/`).
+//! - `switchyard/envoy:<envoy version>` from the pinned Envoy binary (`docker/envoy/Dockerfile`).
+//! - `switchyard/upstream:<version>`, the upstream test server (`docker/upstream/Dockerfile`).
+//! - `switchyard/<filter>:<version>` per filter: `FROM scratch` + `/plugin.wasm`, the layout
+//!   Istio's `WasmPlugin` accepts (`k8s/images/Dockerfile.filter`).
+//!
+//! Build contexts are staged under `target/docker/` so that only the needed files are sent to
+//! the engine (the workspace's `target/` is gigabytes). docker-compose.yml builds the upstream
+//! from the same staged context.
+
+use crate::build::{self, Artifacts};
+use crate::docker;
+use crate::envoy;
+use crate::util::{self, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The base image every local image builds on; the Dockerfiles' `BASE_IMAGE` default.
+pub const BASE_IMAGE: &str = "debian:bookworm-slim";
+
+/// Project version: the tag of the upstream and filter images.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The Envoy image the harness's container backend and the compose test use.
+pub fn envoy_image() -> String {
+    format!("switchyard/envoy:{}", envoy::DEFAULT_VERSION)
+}
+
+pub fn upstream_image() -> String {
+    format!("switchyard/upstream:{VERSION}")
+}
+
+pub fn filter_image(filter: &str) -> String {
+    format!("switchyard/{filter}:{VERSION}")
+}
+
+/// `cargo xtask images`: builds the filters, the upstream server and Envoy first.
+pub fn images() -> Result<()> {
+    // Fail before minutes of building when there is no engine to build for.
+    docker::require_engine()?;
+    let artifacts = build::build()?;
+    let envoy_bin = envoy::ensure(envoy::DEFAULT_VERSION)?;
+    build_images(&artifacts, &envoy_bin)
+}
+
+/// Builds every image from already built artifacts.
+pub fn build_images(artifacts: &Artifacts, envoy_bin: &Path) -> Result<()> {
+    docker::require_engine()?;
+    let base = std::env::var("BASE_IMAGE")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| BASE_IMAGE.to_owned());
+    if base == BASE_IMAGE {
+        ensure_debian_base()?;
+    } else if !docker::image_exists(&base) {
+        return Err(format!(
+            "BASE_IMAGE={base} is not a local image (unset BASE_IMAGE to build {BASE_IMAGE} offline)"
+        ));
+    }
+
+    let root = util::workspace_root();
+    let staging = root.join("target").join("docker");
+
+    let envoy_ctx = stage(
+        &staging.join("envoy"),
+        &[
+            (envoy_bin.to_path_buf(), "envoy"),
+            (root.join("docker/envoy/Dockerfile"), "Dockerfile"),
+            (
+                root.join("docker/envoy/docker-entrypoint.sh"),
+                "docker-entrypoint.sh",
+            ),
+        ],
+    )?;
+    docker_build(&envoy_ctx, &envoy_image(), &[("BASE_IMAGE", &base)])?;
+
+    let upstream_ctx = stage(
+        &staging.join("upstream"),
+        &[
+            (artifacts.upstream_bin.clone(), build::UPSTREAM_PACKAGE),
+            (root.join("docker/upstream/Dockerfile"), "Dockerfile"),
+        ],
+    )?;
+    docker_build(&upstream_ctx, &upstream_image(), &[("BASE_IMAGE", &base)])?;
+
+    // Dockerfile.filter copies `dist/${FILTER}.wasm`: the staged context mirrors that layout.
+    let mut filter_files = vec![(
+        root.join("k8s/images/Dockerfile.filter"),
+        "Dockerfile".to_owned(),
+    )];
+    for filter in build::FILTERS {
+        filter_files.push((
+            artifacts.dist.join(format!("{filter}.wasm")),
+            format!("dist/{filter}.wasm"),
+        ));
+    }
+    let filter_refs: Vec<(PathBuf, &str)> = filter_files
+        .iter()
+        .map(|(from, to)| (from.clone(), to.as_str()))
+        .collect();
+    let filter_ctx = stage(&staging.join("filters"), &filter_refs)?;
+    for filter in build::FILTERS {
+        docker_build(&filter_ctx, &filter_image(filter), &[("FILTER", filter)])?;
+    }
+
+    println!("Images:");
+    for image in [envoy_image(), upstream_image()]
+        .into_iter()
+        .chain(build::FILTERS.iter().map(|f| filter_image(f)))
+    {
+        println!("  {image}");
+    }
+    Ok(())
+}
+
+/// `debian:bookworm-slim` from debootstrap, unless an image of that name exists already (a
+/// pulled official one is as good).
+fn ensure_debian_base() -> Result<()> {
+    if docker::image_exists(BASE_IMAGE) {
+        println!("Base image {BASE_IMAGE}: present");
+        return Ok(());
+    }
+    let tarball = util::tools_dir().join("debian-bookworm-minbase.tar");
+    if !tarball.is_file() {
+        debootstrap(&tarball)?;
+    }
+    util::run(docker().args([
+        "import",
+        "--change",
+        "CMD [\"bash\"]",
+        &tarball.to_string_lossy(),
+        BASE_IMAGE,
+    ]))?;
+    println!(
+        "Base image {BASE_IMAGE}: imported from {}",
+        tarball.display()
+    );
+    Ok(())
+}
+
+/// A minimal Debian bookworm root filesystem as a tarball (root and `debootstrap` needed).
+fn debootstrap(tarball: &Path) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(format!(
+            "building {BASE_IMAGE} with debootstrap needs root (run `cargo xtask images` as root once, \
+             or load a {BASE_IMAGE} image another way)"
+        ));
+    }
+    let parent = tarball
+        .parent()
+        .ok_or_else(|| format!("no parent directory for {}", tarball.display()))?;
+    let rootfs = parent.join("debian-bookworm-rootfs");
+    remove_dir(&rootfs)?;
+    let mut cmd = Command::new("debootstrap");
+    cmd.args(["--variant=minbase", "bookworm"]).arg(&rootfs);
+    if let Some(mirror) = std::env::var_os("DEBIAN_MIRROR").filter(|m| !m.is_empty()) {
+        cmd.arg(mirror);
+    }
+    util::run(&mut cmd).map_err(|e| {
+        format!("{e} (is debootstrap installed? Debian: `apt-get install debootstrap`)")
+    })?;
+    // Downloaded packages and package lists are not needed in the image.
+    for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        clear_files(&rootfs.join(dir))?;
+    }
+    let partial = tarball.with_extension("tar.partial");
+    util::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("--numeric-owner")
+            .arg("-cf")
+            .arg(&partial)
+            .arg("."),
+    )?;
+    std::fs::rename(&partial, tarball)
+        .map_err(|e| format!("rename {} to {}: {e}", partial.display(), tarball.display()))?;
+    remove_dir(&rootfs)
+}
+
+fn docker() -> Command {
+    docker::docker()
+}
+
+fn docker_build(context: &Path, tag: &str, args: &[(&str, &str)]) -> Result<()> {
+    let mut cmd = docker();
+    cmd.args(["build", "--tag", tag]);
+    for (name, value) in args {
+        cmd.arg("--build-arg").arg(format!("{name}={value}"));
+    }
+    cmd.arg(context);
+    util::run(&mut cmd)
+}
+
+/// Fills `dir` with exactly `files` (source, name in the context); reuses unchanged files.
+fn stage(dir: &Path, files: &[(PathBuf, &str)]) -> Result<PathBuf> {
+    remove_dir(dir)?;
+    for (from, name) in files {
+        if !from.is_file() {
+            return Err(format!(
+                "{} is missing (run `cargo xtask build` / `cargo xtask envoy`)",
+                from.display()
+            ));
+        }
+        let to = dir.join(name);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("create {}: {e}", parent.display()))?;
+        }
+        // A hard link saves copying Envoy's ~100 MB on every run; copy across file systems.
+        if std::fs::hard_link(from, &to).is_err() {
+            std::fs::copy(from, &to)
+                .map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("remove {}: {e}", dir.display())),
+    }
+}
+
+fn clear_files(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_follow_the_documented_names() {
+        assert_eq!(envoy_image(), "switchyard/envoy:1.40.0");
+        assert_eq!(upstream_image(), format!("switchyard/upstream:{VERSION}"));
+        assert_eq!(
+            filter_image("ratelimit"),
+            format!("switchyard/ratelimit:{VERSION}")
+        );
+    }
+
+    #[test]
+    fn stage_copies_exactly_the_listed_files() {
+        let tmp = std::env::temp_dir().join(format!("xtask-stage-{}", std::process::id()));
+        let src = tmp.join("src.bin");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(&src, b"payload").unwrap();
+        let ctx = tmp.join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("stale"), b"old").unwrap();
+        stage(&ctx, &[(src.clone(), "dist/x.wasm")]).unwrap();
+        assert_eq!(std::fs::read(ctx.join("dist/x.wasm")).unwrap(), b"payload");
+        assert!(!ctx.join("stale").exists());
+        let missing = stage(&ctx, &[(tmp.join("nope"), "y")]).unwrap_err();
+        assert!(missing.contains("cargo xtask build"), "{missing}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// envoy/compose.yaml inlines envoy/demo/<f>.json; only the hashring hosts differ (the
+    /// compose network's fixed upstream IPs instead of the demo's loopback ports).
+    #[test]
+    fn compose_envoy_config_carries_the_demo_filter_configs() {
+        let root = util::workspace_root();
+        let compose = std::fs::read_to_string(root.join("envoy/compose.yaml")).unwrap();
+        let compose_file = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+        for filter in build::FILTERS {
+            let mut demo =
+                std::fs::read_to_string(root.join(format!("envoy/demo/{filter}.json"))).unwrap();
+            if filter == "hashring" {
+                for (demo_addr, compose_addr) in [
+                    ("127.0.0.1:8081", "10.213.7.11:8080"),
+                    ("127.0.0.1:8082", "10.213.7.12:8080"),
+                    ("127.0.0.1:8083", "10.213.7.13:8080"),
+                ] {
+                    assert!(demo.contains(demo_addr), "demo hashring lost {demo_addr}");
+                    demo = demo.replace(demo_addr, compose_addr);
+                    let ip = compose_addr.trim_end_matches(":8080");
+                    assert!(
+                        compose_file.contains(&format!("ipv4_address: {ip}")),
+                        "docker-compose.yml does not give an upstream {ip}"
+                    );
+                }
+            }
+            let indented: Vec<String> = demo
+                .trim_end()
+                .lines()
+                .map(|l| {
+                    if l.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{:20}{l}", "")
+                    }
+                })
+                .collect();
+            assert!(
+                compose.contains(&indented.join("\n")),
+                "envoy/compose.yaml does not carry envoy/demo/{filter}.json"
+            );
+            assert!(compose.contains(&format!("/etc/switchyard/dist/{filter}.wasm")));
+        }
+    }
+}
