@@ -1,0 +1,455 @@
+//! The proxy benchmark's variants and their Envoy configurations. Every variant is the same
+//! listener, the same three upstreams and the same clusters; only the HTTP filters and the route
+//! table differ, so the differences in CPU per request are the filters' cost.
+
+use crate::envoy_config::{wasm_filter_yaml, WasmFilter};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The Switchyard router's and Envoy's route tables both have this many prefix routes; requests go
+/// to the last one so neither table short-circuits.
+pub const ROUTES: usize = 20;
+/// Request path that matches the last of the [`ROUTES`] routes.
+const ROUTED_PATH: &str = "/svc19/items";
+/// Upstream answer the caches may store for an hour (the upstream echoes `header=` as a response header).
+const CACHEABLE_PATH: &str = "/cached?header=Cache-Control:max-age%3D3600";
+/// Upstream answer without freshness information: a cache lookup misses and nothing is stored.
+/// The key varies (`{n}` cycles over 10 000 values) so concurrent misses are not coalesced.
+const UNCACHEABLE_PATH: &str = "/nocache?k={n}";
+/// The same, one key for every request: concurrent misses wait for one leader (coalescing).
+const UNCACHEABLE_SAME_KEY_PATH: &str = "/nocache";
+/// The chain's request: matches the last router route, misses the cache with varying keys.
+const CHAIN_PATH: &str = "/svc19/items?k={n}";
+const OVERRIDE_HOST_HEADER: &str = "x-upstream-host";
+const CLUSTER_HEADER: &str = "x-switchyard-cluster";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `x-switchyard-cluster` when set (router filter), else cluster `web`.
+    Default,
+    /// Everything to the RING_HASH cluster, hashing `x-user-id`.
+    RingHash,
+    /// Everything to the MAGLEV cluster, hashing `x-user-id`.
+    Maglev,
+    /// [`ROUTES`] native prefix routes to `web`.
+    Native20,
+}
+
+pub struct Variant {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub wasm: Vec<WasmFilter>,
+    /// Native HTTP filters (YAML list items, indented 10).
+    pub native: String,
+    pub routes: Routes,
+    pub path: &'static str,
+    /// The native variant this one is compared with (`ratio` column).
+    pub counterpart: Option<&'static str>,
+}
+
+fn wasm(dist: &Path, name: &str, configuration: String) -> WasmFilter {
+    WasmFilter {
+        name: name.to_owned(),
+        wasm: dist.join(format!("{name}.wasm")),
+        configuration,
+    }
+}
+
+fn ratelimit_config(reject: bool) -> String {
+    if reject {
+        // One request per hour per client IP: all traffic comes from 127.0.0.1, so all but the
+        // first request is rejected.
+        r#"{"mode":"enforce","status":429,"max_keys":100000,"rules":[{"name":"strict","key":[{"client_ip":{"trusted_hops":0}}],"limits":[{"requests":1,"per":"1h"}]}]}"#.to_owned()
+    } else {
+        r#"{"mode":"enforce","status":429,"max_keys":100000,"rules":[{"name":"per-user","key":[{"header":"x-user-id"}],"limits":[{"requests":1000000000,"per":"1s"}]}]}"#.to_owned()
+    }
+}
+
+fn hashring_config(upstreams: &[u16; 3]) -> String {
+    let hosts: Vec<String> = upstreams
+        .iter()
+        .map(|p| format!(r#"{{"address":"127.0.0.1:{p}","weight":1}}"#))
+        .collect();
+    format!(
+        r#"{{"algorithm":"ring","hosts":[{}],"hash_key":[{{"header":"x-user-id"}}],"output":{{"header":"{OVERRIDE_HOST_HEADER}"}}}}"#,
+        hosts.join(",")
+    )
+}
+
+fn cache_config() -> String {
+    r#"{"max_bytes":67108864,"max_entry_bytes":1048576,"eviction":"lru","key":{"query":"all","headers":[]},"default_ttl":"0s","upstream_cluster":"web"}"#.to_owned()
+}
+
+fn router_config() -> String {
+    let routes: Vec<String> = (0..ROUTES)
+        .map(|i| {
+            format!(
+                r#"{{"name":"r{i}","match":{{"path":{{"prefix":"/svc{i}/"}}}},"action":{{"cluster":"web"}}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"cluster_header":"{CLUSTER_HEADER}","routes":[{}],"default":{{"cluster":"web"}}}}"#,
+        routes.join(",")
+    )
+}
+
+fn native_local_ratelimit(reject: bool) -> String {
+    let (tokens, interval) = if reject {
+        (1u64, "3600s")
+    } else {
+        (1_000_000_000, "1s")
+    };
+    format!(
+        r#"          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: bench_rl
+              token_bucket: {{ max_tokens: {tokens}, tokens_per_fill: {tokens}, fill_interval: {interval} }}
+              filter_enabled:
+                runtime_key: bench_rl_enabled
+                default_value: {{ numerator: 100, denominator: HUNDRED }}
+              filter_enforced:
+                runtime_key: bench_rl_enforced
+                default_value: {{ numerator: 100, denominator: HUNDRED }}
+"#
+    )
+}
+
+const NATIVE_CACHE: &str = r#"          - name: envoy.filters.http.cache
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig
+"#;
+
+/// Every variant, in the order they are run within a round.
+pub fn all(dist: &Path, upstreams: &[u16; 3]) -> Vec<Variant> {
+    let v = |name, what, wasm, native: &str, routes, path, counterpart| Variant {
+        name,
+        what,
+        wasm,
+        native: native.to_owned(),
+        routes,
+        path,
+        counterpart,
+    };
+    let d = Routes::Default;
+    vec![
+        v(
+            "plain",
+            "Envoy, no extra filter",
+            vec![],
+            "",
+            d,
+            "/plain",
+            None,
+        ),
+        v(
+            "wasm-noop",
+            "no-op wasm filter (probe, mode noop): the wasm boundary's floor",
+            vec![wasm(dist, "probe", r#"{"mode":"noop"}"#.to_owned())],
+            "",
+            d,
+            "/plain",
+            None,
+        ),
+        v(
+            "ratelimit",
+            "Switchyard ratelimit, per-user limit never reached",
+            vec![wasm(dist, "ratelimit", ratelimit_config(false))],
+            "",
+            d,
+            "/plain",
+            Some("native-ratelimit"),
+        ),
+        v(
+            "native-ratelimit",
+            "local_ratelimit, bucket never empty",
+            vec![],
+            &native_local_ratelimit(false),
+            d,
+            "/plain",
+            None,
+        ),
+        v(
+            "ratelimit-reject",
+            "Switchyard ratelimit, 1 request/h: all but the first rejected (429)",
+            vec![wasm(dist, "ratelimit", ratelimit_config(true))],
+            "",
+            d,
+            "/plain",
+            Some("native-ratelimit-reject"),
+        ),
+        v(
+            "native-ratelimit-reject",
+            "local_ratelimit, 1 token/h: all but the first rejected (429)",
+            vec![],
+            &native_local_ratelimit(true),
+            d,
+            "/plain",
+            None,
+        ),
+        v(
+            "hashring",
+            "Switchyard hashring (ring, 3 hosts, x-user-id) + override_host cluster",
+            vec![wasm(dist, "hashring", hashring_config(upstreams))],
+            "",
+            d,
+            "/plain",
+            Some("native-ring-hash"),
+        ),
+        v(
+            "native-ring-hash",
+            "RING_HASH cluster, hash_policy header x-user-id",
+            vec![],
+            "",
+            Routes::RingHash,
+            "/plain",
+            None,
+        ),
+        v(
+            "native-maglev",
+            "MAGLEV cluster, hash_policy header x-user-id",
+            vec![],
+            "",
+            Routes::Maglev,
+            "/plain",
+            None,
+        ),
+        v(
+            "cache-hit",
+            "Switchyard cache, every request a hit",
+            vec![wasm(dist, "cache", cache_config())],
+            "",
+            d,
+            CACHEABLE_PATH,
+            Some("native-cache-hit"),
+        ),
+        v(
+            "native-cache-hit",
+            "envoy.filters.http.cache + simple in-memory cache, every request a hit",
+            vec![],
+            NATIVE_CACHE,
+            d,
+            CACHEABLE_PATH,
+            None,
+        ),
+        v(
+            "cache-miss",
+            "Switchyard cache, uncacheable answers: lookup miss + upstream",
+            vec![wasm(dist, "cache", cache_config())],
+            "",
+            d,
+            UNCACHEABLE_PATH,
+            None,
+        ),
+        v(
+            "cache-miss-same-key",
+            "Switchyard cache, one uncacheable URL: concurrent misses coalesce behind one leader",
+            vec![wasm(dist, "cache", cache_config())],
+            "",
+            d,
+            UNCACHEABLE_SAME_KEY_PATH,
+            None,
+        ),
+        v(
+            "router",
+            "Switchyard router, 20 prefix routes, request matches the last",
+            vec![wasm(dist, "router", router_config())],
+            "",
+            d,
+            ROUTED_PATH,
+            Some("native-routes"),
+        ),
+        v(
+            "native-routes",
+            "Envoy route table with the same 20 prefix routes",
+            vec![],
+            "",
+            Routes::Native20,
+            ROUTED_PATH,
+            None,
+        ),
+        v(
+            "chain-miss",
+            "ratelimit + cache (miss) + router + hashring chained",
+            chain(dist, upstreams),
+            "",
+            d,
+            CHAIN_PATH,
+            None,
+        ),
+    ]
+}
+
+/// The four filters chained, as in the demo order.
+pub fn chain(dist: &Path, upstreams: &[u16; 3]) -> Vec<WasmFilter> {
+    vec![
+        wasm(dist, "ratelimit", ratelimit_config(false)),
+        wasm(dist, "cache", cache_config()),
+        wasm(dist, "router", router_config()),
+        wasm(dist, "hashring", hashring_config(upstreams)),
+    ]
+}
+
+fn endpoints(upstreams: &[u16; 3]) -> String {
+    upstreams.iter().fold(String::new(), |mut out, port| {
+        let _ = write!(
+            out,
+            "        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
+        );
+        out
+    })
+}
+
+fn clusters(upstreams: &[u16; 3]) -> String {
+    let eps = endpoints(upstreams);
+    let hashed = |name: &str, policy: &str| {
+        format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: {policy}\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{eps}"
+        )
+    };
+    format!(
+        r#"  - name: web
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: web
+      endpoints:
+      - lb_endpoints:
+{eps}    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.override_host
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
+            override_host_sources:
+            - header: {OVERRIDE_HOST_HEADER}
+            fallback_policy:
+              policies:
+              - typed_extension_config:
+                  name: envoy.load_balancing_policies.round_robin
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
+{}{}"#,
+        hashed("web_ring", "RING_HASH"),
+        hashed("web_maglev", "MAGLEV"),
+    )
+}
+
+fn routes(kind: Routes) -> String {
+    let hashed = |cluster: &str| {
+        format!(
+            "              - match: {{ prefix: \"/\" }}\n                route:\n                  cluster: {cluster}\n                  hash_policy:\n                  - header: {{ header_name: x-user-id }}\n"
+        )
+    };
+    match kind {
+        Routes::Default => format!(
+            "              - match:\n                  prefix: \"/\"\n                  headers:\n                  - name: {CLUSTER_HEADER}\n                    present_match: true\n                route:\n                  cluster_header: {CLUSTER_HEADER}\n              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: web }}\n"
+        ),
+        Routes::RingHash => hashed("web_ring"),
+        Routes::Maglev => hashed("web_maglev"),
+        Routes::Native20 => (0..ROUTES).fold(String::new(), |mut out, i| {
+            let _ = writeln!(
+                out,
+                "              - match: {{ prefix: \"/svc{i}/\" }}\n                route: {{ cluster: web }}"
+            );
+            out
+        }),
+    }
+}
+
+/// The complete Envoy configuration of one variant.
+pub fn envoy_yaml(variant: &Variant, listener: u16, admin: u16, upstreams: &[u16; 3]) -> String {
+    let wasm: String = variant
+        .wasm
+        .iter()
+        .map(|f| wasm_filter_yaml(f, 10))
+        .collect();
+    format!(
+        r#"# Generated by `cargo xtask bench proxy` (variant {name}); edits are overwritten.
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listener} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+{native}{wasm}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#,
+        name = variant.name,
+        routes = routes(variant.routes),
+        native = variant.native,
+        clusters = clusters(upstreams),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml_of(name: &str) -> String {
+        let variants = all(Path::new("/opt/dist"), &[1, 2, 3]);
+        let v = variants.iter().find(|v| v.name == name).unwrap();
+        envoy_yaml(v, 10, 11, &[1, 2, 3])
+    }
+
+    #[test]
+    fn every_switchyard_variant_with_a_counterpart_names_an_existing_native_variant() {
+        let variants = all(Path::new("/opt/dist"), &[1, 2, 3]);
+        for v in &variants {
+            if let Some(c) = v.counterpart {
+                assert!(variants.iter().any(|n| n.name == c), "{} -> {c}", v.name);
+            }
+        }
+    }
+
+    #[test]
+    fn native_and_switchyard_routers_have_the_same_twenty_prefixes() {
+        let native = yaml_of("native-routes");
+        let ours = yaml_of("router");
+        for i in 0..ROUTES {
+            assert!(
+                native.contains(&format!("prefix: \"/svc{i}/\"")),
+                "{native}"
+            );
+            assert!(
+                ours.contains(&format!("\\\"prefix\\\":\\\"/svc{i}/\\\"")),
+                "{ours}"
+            );
+        }
+        assert!(!native.contains("switchyard.router"));
+    }
+
+    #[test]
+    fn only_the_chosen_filters_are_configured() {
+        let plain = yaml_of("plain");
+        assert!(!plain.contains("envoy.filters.http.wasm"));
+        assert!(!plain.contains("local_ratelimit"));
+        let chain = yaml_of("chain-miss");
+        let at = |s: &str| chain.find(s).unwrap();
+        assert!(at("switchyard.ratelimit") < at("switchyard.cache"));
+        assert!(at("switchyard.router") < at("switchyard.hashring"));
+        assert!(at("switchyard.hashring") < at("envoy.filters.http.router"));
+        assert!(yaml_of("native-maglev").contains("cluster: web_maglev"));
+        assert!(yaml_of("native-cache-hit").contains("SimpleHttpCacheConfig"));
+    }
+}

@@ -1,0 +1,250 @@
+//! The demo's Envoy configuration. The topology is fixed so filter engineers can rely on it (see
+//! `envoy/demo-topology.md`): three upstreams, cluster `web` over all three with host override
+//! for the hash filter, single-host clusters for routing, and a route that honours
+//! `x-switchyard-cluster` (set only by the router filter).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// One proxy-wasm filter in the chain.
+#[derive(Clone)]
+pub struct WasmFilter {
+    /// Short name (`ratelimit`); the plugin is called `switchyard.<name>`.
+    pub name: String,
+    /// Absolute path of the `.wasm` module.
+    pub wasm: PathBuf,
+    /// The filter's JSON configuration, passed to the plugin verbatim.
+    pub configuration: String,
+}
+
+/// Listening ports of the topology.
+pub struct Ports {
+    pub listener: u16,
+    pub admin: u16,
+    /// u1, u2, u3.
+    pub upstreams: [u16; 3],
+}
+
+pub const DEMO_PORTS: Ports = Ports {
+    listener: 10000,
+    admin: 9901,
+    upstreams: [8081, 8082, 8083],
+};
+
+/// Request header the hash filter sets to `ip:port` of the chosen `web` host.
+pub const OVERRIDE_HOST_HEADER: &str = "x-upstream-host";
+/// Request header the router filter sets to the chosen cluster.
+pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
+
+/// Single-host clusters: name and index of the upstream (0 = u1).
+const SINGLE_HOST_CLUSTERS: [(&str, usize); 6] = [
+    ("api-v1", 0),
+    ("api-v2", 1),
+    ("users", 2),
+    ("search", 0),
+    ("search-next", 1),
+    ("routes-config", 0),
+];
+
+/// YAML double-quoted scalar. JSON string syntax is a subset of it, so serde_json's escaping is
+/// exactly right (and keeps configuration JSON on one line).
+fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// The `envoy.filters.http.wasm` entry for one filter, indented for an `http_filters` list.
+pub fn wasm_filter_yaml(filter: &WasmFilter, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let name = format!("switchyard.{}", filter.name);
+    let lines = [
+        format!("- name: {name}"),
+        "  typed_config:".to_owned(),
+        "    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm".to_owned(),
+        "    config:".to_owned(),
+        format!("      name: {name}"),
+        "      vm_config:".to_owned(),
+        format!("        vm_id: {name}"),
+        "        runtime: envoy.wasm.runtime.v8".to_owned(),
+        "        code:".to_owned(),
+        "          local:".to_owned(),
+        format!(
+            "            filename: {}",
+            quote(&filter.wasm.to_string_lossy())
+        ),
+        "      configuration:".to_owned(),
+        "        \"@type\": type.googleapis.com/google.protobuf.StringValue".to_owned(),
+        format!("        value: {}", quote(&filter.configuration)),
+    ];
+    lines.iter().fold(String::new(), |mut out, line| {
+        let _ = writeln!(out, "{pad}{line}");
+        out
+    })
+}
+
+fn endpoint(port: u16) -> String {
+    format!(
+        "        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
+    )
+}
+
+fn single_host_cluster(name: &str, port: u16) -> String {
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{}",
+        endpoint(port)
+    )
+}
+
+/// Cluster `web`: u1..u3, host chosen by the `x-upstream-host` request header when present
+/// (round robin otherwise). An upstream filter strips that header so upstreams never see it.
+fn web_cluster(ports: &[u16; 3]) -> String {
+    let endpoints: String = ports.iter().map(|p| endpoint(*p)).collect();
+    format!(
+        r#"  - name: web
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: web
+      endpoints:
+      - lb_endpoints:
+{endpoints}    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.override_host
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
+            override_host_sources:
+            - header: {OVERRIDE_HOST_HEADER}
+            fallback_policy:
+              policies:
+              - typed_extension_config:
+                  name: envoy.load_balancing_policies.round_robin
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http_protocol_options: {{}}
+        http_filters:
+        - name: envoy.filters.http.header_mutation
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+            mutations:
+              request_mutations:
+              - remove: {OVERRIDE_HOST_HEADER}
+        - name: envoy.filters.http.upstream_codec
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
+"#
+    )
+}
+
+/// The whole demo configuration: one listener with `filters` chained in the given order, then
+/// Envoy's router.
+pub fn demo_yaml(filters: &[WasmFilter], ports: &Ports) -> String {
+    let http_filters: String = filters.iter().map(|f| wasm_filter_yaml(f, 10)).collect();
+    let mut clusters = web_cluster(&ports.upstreams);
+    for (name, upstream) in SINGLE_HOST_CLUSTERS {
+        clusters.push_str(&single_host_cluster(name, ports.upstreams[upstream]));
+    }
+    format!(
+        r#"# Generated by `cargo xtask demo`; edits are overwritten. Topology: envoy/demo-topology.md
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+  - name: switchyard
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listener} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: switchyard
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+          route_config:
+            name: switchyard
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              # Only the router filter sets this header (it overwrites or removes what clients send).
+              - match:
+                  prefix: "/"
+                  headers:
+                  - name: {CLUSTER_HEADER}
+                    present_match: true
+                route:
+                  cluster_header: {CLUSTER_HEADER}
+              - match:
+                  prefix: "/"
+                route:
+                  cluster: web
+          http_filters:
+{http_filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#,
+        admin = ports.admin,
+        listener = ports.listener,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(name: &str, configuration: &str) -> WasmFilter {
+        WasmFilter {
+            name: name.to_owned(),
+            wasm: PathBuf::from(format!("/opt/dist/{name}.wasm")),
+            configuration: configuration.to_owned(),
+        }
+    }
+
+    #[test]
+    fn filters_are_chained_in_the_given_order_before_the_router() {
+        let yaml = demo_yaml(
+            &[filter("ratelimit", "{}"), filter("hashring", "{}")],
+            &DEMO_PORTS,
+        );
+        let at = |needle: &str| {
+            yaml.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing in:\n{yaml}"))
+        };
+        assert!(at("name: switchyard.ratelimit") < at("name: switchyard.hashring"));
+        assert!(at("name: switchyard.hashring") < at("name: envoy.filters.http.router"));
+        assert!(!yaml.contains("switchyard.cache"));
+    }
+
+    #[test]
+    fn configuration_is_embedded_as_one_escaped_string() {
+        let yaml = wasm_filter_yaml(&filter("router", "{\n  \"a\": \"b: c\"\n}"), 0);
+        assert!(
+            yaml.contains(r#"value: "{\n  \"a\": \"b: c\"\n}""#),
+            "{yaml}"
+        );
+    }
+
+    #[test]
+    fn ports_come_from_the_topology() {
+        let ports = Ports {
+            listener: 1,
+            admin: 2,
+            upstreams: [3, 4, 5],
+        };
+        let yaml = demo_yaml(&[], &ports);
+        assert!(yaml.contains("port_value: 1 }"));
+        assert!(yaml.contains("port_value: 2 }"));
+        for port in [3, 4, 5] {
+            assert!(yaml.contains(&format!("port_value: {port} }}")));
+        }
+        assert!(!yaml.contains("port_value: 8081"));
+    }
+}
