@@ -556,9 +556,13 @@ fn memory(env: &Env, opts: &Options) -> Result<()> {
         mib(rss_after) - mib(rss_before)
     );
     md.push_str("\nRSS over the run (seconds: MiB): ");
+    // At most ~20 points (plus the last) keep the line readable for long runs.
+    let step = curve.len().div_ceil(20).max(1);
     let points: Vec<String> = curve
         .iter()
-        .map(|(s, r)| format!("{s}: {:.1}", mib(*r)))
+        .enumerate()
+        .filter(|(i, _)| i % step == 0 || *i + 1 == curve.len())
+        .map(|(_, (s, r))| format!("{s}: {:.1}", mib(*r)))
         .collect();
     md.push_str(&points.join(", "));
     md.push_str("\n\n| module | size |\n|---|---|\n");
