@@ -342,7 +342,11 @@ impl EnvoyBuilder {
             }
             // Envoy flushes its log file every 10 s by default; tests read the log to see what a
             // filter logged, so flush promptly unless the test chose its own interval.
-            if !self.extra_args.iter().any(|a| a == "--file-flush-interval-msec") {
+            if !self
+                .extra_args
+                .iter()
+                .any(|a| a == "--file-flush-interval-msec")
+            {
                 args.push("--file-flush-interval-msec".into());
                 args.push("100".into());
             }
