@@ -21,3 +21,23 @@ pub fn upstream(id: &str) -> Upstream {
 pub fn plain_proxy(up: &Upstream) -> Envoy {
     Envoy::builder().cluster("backend", [up.addr()]).start()
 }
+
+/// Asserts that Envoy accepts the repository's configuration file `file` (a path relative to the
+/// workspace root) with `envoy --mode validate`, which also loads every wasm module it names.
+pub fn assert_envoy_accepts(file: &str) {
+    let out = std::process::Command::new(switchyard_harness::envoy_bin())
+        .args(["--mode", "validate", "-c", file, "--disable-hot-restart"])
+        .current_dir(switchyard_harness::workspace_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run envoy --mode validate: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{file} rejected:\n{text}");
+    assert!(
+        text.contains(&format!("configuration '{file}' OK")),
+        "{text}"
+    );
+}

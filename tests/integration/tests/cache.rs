@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use switchyard_harness::{envoy_bin, eventually, parallel, workspace_root, Envoy, Response};
+use switchyard_harness::{eventually, parallel, workspace_root, Envoy, Response};
 use switchyard_upstream::Upstream;
 
 const TOKEN: &str = "s3cret";
@@ -54,17 +54,7 @@ fn cc(value: &str) -> String {
 #[test]
 fn example_config_validates() {
     let file = "envoy/cache.yaml";
-    let out = Command::new(envoy_bin())
-        .args(["--mode", "validate", "-c", file, "--disable-hot-restart"])
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{file} rejected:\n{text}");
+    switchyard_integration::assert_envoy_accepts(file);
     let demo: Value = serde_json::from_slice(
         &std::fs::read(workspace_root().join("envoy/demo/cache.json")).unwrap(),
     )

@@ -10,11 +10,8 @@
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
-use switchyard_harness::{
-    envoy_bin, parallel, wait_until, workspace_root, Cluster, Envoy, Response,
-};
+use switchyard_harness::{parallel, wait_until, Cluster, Envoy, Response};
 use switchyard_hashring::config::Config;
 use switchyard_upstream::Upstream;
 
@@ -171,21 +168,7 @@ fn worker_connections(envoy: &Envoy) -> Vec<u64> {
 #[test]
 fn example_configs_validate() {
     for file in ["envoy/hashring.yaml", "envoy/hashring-original-dst.yaml"] {
-        let out = Command::new(envoy_bin())
-            .args(["--mode", "validate", "-c", file, "--disable-hot-restart"])
-            .current_dir(workspace_root())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{file} rejected:\n{text}");
-        assert!(
-            text.contains(&format!("configuration '{file}' OK")),
-            "{text}"
-        );
+        switchyard_integration::assert_envoy_accepts(file);
     }
 }
 

@@ -10,9 +10,8 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
-use switchyard_harness::{envoy_bin, parallel, wait_until, workspace_root, Envoy, Response};
+use switchyard_harness::{parallel, wait_until, workspace_root, Envoy, Response};
 use switchyard_upstream::Upstream;
 
 fn start(config: Value) -> (Upstream, Envoy) {
@@ -70,21 +69,7 @@ fn statuses(results: &[std::io::Result<Response>]) -> (usize, usize) {
 #[test]
 fn example_config_validates() {
     let file = "envoy/ratelimit.yaml";
-    let out = Command::new(envoy_bin())
-        .args(["--mode", "validate", "-c", file, "--disable-hot-restart"])
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{file} rejected:\n{text}");
-    assert!(
-        text.contains(&format!("configuration '{file}' OK")),
-        "{text}"
-    );
+    switchyard_integration::assert_envoy_accepts(file);
 }
 
 #[test]

@@ -12,11 +12,8 @@ use serde_json::{json, Value};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::process::Command;
 use std::time::Duration;
-use switchyard_harness::{
-    envoy_bin, eventually, wait_until, workspace_root, Envoy, EnvoyBuilder, Response,
-};
+use switchyard_harness::{eventually, wait_until, workspace_root, Envoy, EnvoyBuilder, Response};
 use switchyard_upstream::Upstream;
 
 /// A bound on waiting for asynchronous effects (reloads, mirrors), not a speed assertion.
@@ -123,18 +120,7 @@ fn upstream_of(r: &Response) -> &str {
 #[test]
 fn example_configs_validate() {
     for file in ["envoy/router.yaml", "envoy/router-ecds/envoy.yaml"] {
-        let out = Command::new(envoy_bin())
-            .args(["--mode", "validate", "-c", file, "--disable-hot-restart"])
-            .current_dir(workspace_root())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{file}: {text}");
-        assert!(text.contains("OK"), "{file}: {text}");
+        switchyard_integration::assert_envoy_accepts(file);
     }
     // The demo configuration goes through the same parser as on_configure.
     let demo = std::fs::read(workspace_root().join("envoy/demo/router.json")).unwrap();
