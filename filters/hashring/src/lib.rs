@@ -14,6 +14,7 @@ pub mod ring;
 pub mod select;
 pub mod state;
 pub mod table;
+pub mod walk;
 
 pub use config::Config;
 

@@ -4,6 +4,7 @@
 //! hosts walking the table forward from its slot.
 
 use crate::config::Host;
+use crate::walk::DistinctWalk;
 use switchyard_core::hash::{stable_hash64, stable_hash64_seeded};
 
 #[derive(Debug, Clone)]
@@ -82,46 +83,12 @@ impl Maglev {
         Some(self.table[(key % self.table.len() as u64) as usize] as usize)
     }
 
-    pub fn walk(&self, key: u64) -> MaglevWalk<'_> {
+    pub fn walk(&self, key: u64) -> DistinctWalk<'_> {
         let pos = if self.table.is_empty() {
             0
         } else {
             (key % self.table.len() as u64) as usize
         };
-        MaglevWalk {
-            maglev: self,
-            pos,
-            steps: 0,
-            seen: vec![false; self.hosts],
-            found: 0,
-        }
-    }
-}
-
-pub struct MaglevWalk<'a> {
-    maglev: &'a Maglev,
-    pos: usize,
-    steps: usize,
-    seen: Vec<bool>,
-    found: usize,
-}
-
-impl Iterator for MaglevWalk<'_> {
-    type Item = usize;
-    fn next(&mut self) -> Option<usize> {
-        let n = self.maglev.table.len();
-        while self.found < self.maglev.hosts && self.steps < n {
-            let owner = self.maglev.table[self.pos] as usize;
-            self.pos = if self.pos + 1 == n { 0 } else { self.pos + 1 };
-            self.steps += 1;
-            if let Some(seen) = self.seen.get_mut(owner) {
-                if !*seen {
-                    *seen = true;
-                    self.found += 1;
-                    return Some(owner);
-                }
-            }
-        }
-        None
+        DistinctWalk::new(&self.table, self.hosts, pos)
     }
 }

@@ -4,6 +4,7 @@
 //! bits so it touches one or two cache lines instead of ~17 (160k points at 1000 hosts).
 
 use crate::config::Host;
+use crate::walk::DistinctWalk;
 use std::fmt::Write as _;
 use switchyard_core::hash::stable_hash64;
 
@@ -89,42 +90,8 @@ impl Ring {
     }
 
     /// The key's distinct hosts in clockwise order, primary first.
-    pub fn walk(&self, key: u64) -> RingWalk<'_> {
-        RingWalk {
-            ring: self,
-            pos: self.start(key),
-            steps: 0,
-            seen: vec![false; self.hosts],
-            found: 0,
-        }
-    }
-}
-
-pub struct RingWalk<'a> {
-    ring: &'a Ring,
-    pos: usize,
-    steps: usize,
-    seen: Vec<bool>,
-    found: usize,
-}
-
-impl Iterator for RingWalk<'_> {
-    type Item = usize;
-    fn next(&mut self) -> Option<usize> {
-        let n = self.ring.points.len();
-        while self.found < self.ring.hosts && self.steps < n {
-            let owner = self.ring.owners[self.pos] as usize;
-            self.pos = if self.pos + 1 == n { 0 } else { self.pos + 1 };
-            self.steps += 1;
-            if let Some(seen) = self.seen.get_mut(owner) {
-                if !*seen {
-                    *seen = true;
-                    self.found += 1;
-                    return Some(owner);
-                }
-            }
-        }
-        None
+    pub fn walk(&self, key: u64) -> DistinctWalk<'_> {
+        DistinctWalk::new(&self.owners, self.hosts, self.start(key))
     }
 }
 

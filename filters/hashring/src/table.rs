@@ -3,9 +3,10 @@
 //! first), so bounded-load spill, health skips and fallbacks all walk the same order.
 
 use crate::config::{Algorithm, Host};
-use crate::maglev::{Maglev, MaglevWalk};
+use crate::maglev::Maglev;
 use crate::rendezvous::Rendezvous;
-use crate::ring::{Ring, RingWalk};
+use crate::ring::Ring;
+use crate::walk::DistinctWalk;
 
 #[derive(Debug, Clone)]
 pub enum Table {
@@ -43,8 +44,8 @@ impl Table {
 }
 
 pub enum Walk<'a> {
-    Ring(RingWalk<'a>),
-    Maglev(MaglevWalk<'a>),
+    Ring(DistinctWalk<'a>),
+    Maglev(DistinctWalk<'a>),
     Rendezvous(std::vec::IntoIter<usize>),
 }
 
