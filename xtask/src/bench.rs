@@ -29,7 +29,8 @@ options:
   --rounds N         proxy rounds (default 5)
   --seconds S        measured seconds per variant and round (default 4)
   --connections C    load connections (default 4)
-  --requests N       memory run requests (default 1000000)";
+  --requests N       memory run requests (default 1000000)
+  --only A,B         proxy: run only these variants (names as in docs/benchmarks.md)";
 
 struct Options {
     rounds: usize,
@@ -37,6 +38,7 @@ struct Options {
     warmup: Duration,
     connections: usize,
     memory_requests: u64,
+    only: Option<Vec<String>>,
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
@@ -47,6 +49,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         warmup: Duration::from_secs(1),
         connections: 4,
         memory_requests: 1_000_000,
+        only: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -67,6 +70,12 @@ pub fn bench(args: &[String]) -> Result<()> {
             "--seconds" => opts.measure = Duration::from_secs(number(arg)?.max(1)),
             "--connections" => opts.connections = number(arg)?.max(1) as usize,
             "--requests" => opts.memory_requests = number(arg)?.max(1),
+            "--only" => {
+                let list = it
+                    .next()
+                    .ok_or_else(|| format!("--only needs variant names\n{USAGE}"))?;
+                opts.only = Some(list.split(',').map(str::to_owned).collect());
+            }
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
         }
     }
@@ -302,7 +311,21 @@ fn proxy(env: &Env, opts: &Options) -> Result<()> {
     std::fs::create_dir_all(&run_dir).map_err(|e| format!("create {}: {e}", run_dir.display()))?;
     let mut children = Supervisor::new();
     let upstreams = start_upstreams(env, &mut children, &run_dir)?;
-    let variants = variants::all(&env.dist, &upstreams);
+    let mut variants = variants::all(&env.dist, &upstreams);
+    if let Some(only) = &opts.only {
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|n| !variants.iter().any(|v| v.name == n.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            let known: Vec<&str> = variants.iter().map(|v| v.name).collect();
+            return Err(format!(
+                "--only: unknown variant(s) {unknown:?}; known: {}",
+                known.join(", ")
+            ));
+        }
+        variants.retain(|v| only.iter().any(|n| n == v.name));
+    }
     // Every variant's Envoy runs for the whole benchmark, so rounds interleave the variants
     // without restarts; idle Envoys cost next to nothing.
     let mut running = Vec::new();
