@@ -57,9 +57,10 @@ pub fn source_address() -> Option<String> {
         .and_then(|b| String::from_utf8(b).ok())
 }
 
-/// Builds the request view from the current request's headers and peer address.
+/// Builds the request view from the current request's headers; the peer address is fetched
+/// only if a matcher or key asks for it.
 pub fn request_view<C: HttpContext + ?Sized>(ctx: &C) -> RequestView {
-    RequestView::from_headers(ctx.get_http_request_headers(), source_address().as_deref())
+    RequestView::from_headers_lazy(ctx.get_http_request_headers(), source_address)
 }
 
 /// Reads the plugin configuration bytes (empty if none).

@@ -1,5 +1,6 @@
 //! A proxy-independent view of a request, built once per request by a filter's glue code.
 
+use std::cell::OnceCell;
 use std::net::IpAddr;
 
 /// The parts of a request the match and key languages look at. Header names are stored
@@ -13,7 +14,10 @@ pub struct RequestView {
     scheme: String,
     headers: Vec<(String, String)>,
     query: Vec<(String, String)>,
-    source: Option<IpAddr>,
+    source: OnceCell<Option<IpAddr>>,
+    /// Fetches the downstream address the first time a matcher or key needs it: in Envoy that
+    /// is a property host call (~1.5 µs), wasted on the many configurations that never use it.
+    source_fetch: Option<fn() -> Option<String>>,
 }
 
 impl RequestView {
@@ -31,6 +35,24 @@ impl RequestView {
     /// `:scheme` and regular headers) and the downstream address (`"1.2.3.4:5678"`, `"[::1]:80"`
     /// or a bare IP), as Envoy exposes them.
     pub fn from_headers(headers: Vec<(String, String)>, source_address: Option<&str>) -> Self {
+        let r = Self::from_header_list(headers);
+        r.source
+            .get_or_init(|| source_address.and_then(parse_address_ip));
+        r
+    }
+
+    /// Like [`from_headers`](Self::from_headers), but the downstream address is fetched only
+    /// when something asks for it, at most once.
+    pub fn from_headers_lazy(
+        headers: Vec<(String, String)>,
+        source_address: fn() -> Option<String>,
+    ) -> Self {
+        let mut r = Self::from_header_list(headers);
+        r.source_fetch = Some(source_address);
+        r
+    }
+
+    fn from_header_list(headers: Vec<(String, String)>) -> Self {
         let mut r = RequestView::default();
         for (name, value) in headers {
             let name = name.to_ascii_lowercase();
@@ -47,7 +69,6 @@ impl RequestView {
                 }
             }
         }
-        r.source = source_address.and_then(parse_address_ip);
         r
     }
 
@@ -68,7 +89,7 @@ impl RequestView {
     }
 
     pub fn with_source(mut self, address: &str) -> Self {
-        self.source = parse_address_ip(address);
+        self.source = OnceCell::from(parse_address_ip(address));
         self
     }
 
@@ -152,7 +173,12 @@ impl RequestView {
     }
     /// The downstream (peer) address of the connection.
     pub fn source_ip(&self) -> Option<IpAddr> {
-        self.source
+        *self.source.get_or_init(|| {
+            self.source_fetch
+                .and_then(|fetch| fetch())
+                .as_deref()
+                .and_then(parse_address_ip)
+        })
     }
 
     /// The client address: with `trusted_hops == 0` the downstream address; otherwise the
@@ -162,7 +188,7 @@ impl RequestView {
     /// trusted proxy), or the entry is not an IP, the downstream address is used.
     pub fn client_ip(&self, trusted_hops: u32) -> Option<IpAddr> {
         if trusted_hops == 0 {
-            return self.source;
+            return self.source_ip();
         }
         let xff = self.header_joined("x-forwarded-for");
         let entries: Vec<&str> = xff
@@ -180,7 +206,7 @@ impl RequestView {
                 return Some(ip);
             }
         }
-        self.source
+        self.source_ip()
     }
 }
 
@@ -305,6 +331,29 @@ mod tests {
         assert_eq!(r.client_ip(3), Some("6.6.6.6".parse().unwrap()));
         // Fewer entries than trusted hops: not every proxy was passed, use the peer.
         assert_eq!(r.client_ip(4), Some("10.0.0.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_lazy_source_address_is_fetched_once_and_only_when_asked() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static FETCHES: AtomicUsize = AtomicUsize::new(0);
+        fn fetch() -> Option<String> {
+            FETCHES.fetch_add(1, Ordering::SeqCst);
+            Some("10.1.2.3:5555".to_string())
+        }
+        let headers = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/a".to_string()),
+            ("x-forwarded-for".to_string(), "9.9.9.9".to_string()),
+        ];
+        let r = RequestView::from_headers_lazy(headers, fetch);
+        assert_eq!(r.path(), "/a");
+        // Only X-Forwarded-For is needed here.
+        assert_eq!(r.client_ip(1), Some("9.9.9.9".parse().unwrap()));
+        assert_eq!(FETCHES.load(Ordering::SeqCst), 0);
+        assert_eq!(r.client_ip(0), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(r.source_ip(), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(FETCHES.load(Ordering::SeqCst), 1);
     }
 
     #[test]

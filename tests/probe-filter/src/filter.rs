@@ -15,6 +15,7 @@ const NAME: &str = "probe";
 const QUEUE_KEY: &str = "switchyard.probe.queue";
 const TICKS_KEY: &str = "switchyard.probe.ticks";
 const CAS_RETRIES: u32 = 8;
+const COST_KEY: &str = "switchyard.probe.cost";
 
 struct ProbeRoot {
     config: Option<Rc<ProbeConfig>>,
@@ -82,6 +83,15 @@ impl RootContext for ProbeRoot {
                 return false;
             }
         };
+        if config.mode == "cost" {
+            let value = vec![b'x'; config.value_bytes];
+            if let Err(e) = switchyard_core::shared::ensure_key(&host::HostStore, COST_KEY, &value)
+            {
+                log::error!("switchyard probe: cannot create {COST_KEY}: {e:?}");
+                return false;
+            }
+            self.metrics.define_counter("cost");
+        }
         if config.mode == "probe" {
             for counter in ["requests", "logged", "ticks", "queue_received"] {
                 self.metrics.define_counter(counter);
@@ -127,6 +137,13 @@ impl RootContext for ProbeRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if let Some(config) = self.config.as_ref().filter(|c| c.mode == "cost") {
+            return Some(Box::new(CostHttp {
+                op: config.op.clone().unwrap_or_default(),
+                repeat: config.repeat,
+                metrics: self.metrics.clone(),
+            }));
+        }
         if !self.probing() {
             return Some(Box::new(NoopHttp));
         }
@@ -150,6 +167,48 @@ impl RootContext for ProbeRoot {
 struct NoopHttp;
 impl Context for NoopHttp {}
 impl HttpContext for NoopHttp {}
+
+/// `{"mode":"cost"}`: one host call, `repeat` times per request.
+struct CostHttp {
+    op: String,
+    repeat: u32,
+    metrics: Rc<Metrics>,
+}
+impl Context for CostHttp {}
+impl HttpContext for CostHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let mut sink = 0usize;
+        for i in 0..self.repeat {
+            sink += match self.op.as_str() {
+                "shared_get" => hostcalls::get_shared_data(COST_KEY)
+                    .ok()
+                    .and_then(|(v, _)| v)
+                    .map_or(0, |v| v.len()),
+                "shared_cas" => match hostcalls::get_shared_data(COST_KEY) {
+                    Ok((Some(v), cas)) => {
+                        usize::from(hostcalls::set_shared_data(COST_KEY, Some(&v), cas).is_ok())
+                    }
+                    _ => 0,
+                },
+                "property" => host::source_address().map_or(0, |a| a.len()),
+                "headers" => self.get_http_request_headers().len(),
+                "header" => self.get_http_request_header(":path").map_or(0, |p| p.len()),
+                "time" => (host::now_nanos() & 1) as usize,
+                "metric" => {
+                    self.metrics.inc("cost");
+                    1
+                }
+                "log_debug" => {
+                    log::debug!("switchyard probe: cost {i}");
+                    1
+                }
+                _ => 0,
+            };
+        }
+        std::hint::black_box(sink);
+        Action::Continue
+    }
+}
 
 struct ProbeHttp {
     context_id: u32,

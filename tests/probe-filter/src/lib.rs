@@ -19,6 +19,13 @@
 //! | `x-probe-pause: 1` | pauses the request; the next tick resumes it (through `set_effective_context`) |
 //! | `x-probe-body: echo` / `upper` | at the end of the request body: local 200 echoing it / uppercase it before it goes upstream |
 //!
+//! `{"mode":"cost", "op": "<op>", "repeat": N, "value_bytes": B}` makes one host call `N` times
+//! in each request's header callback and nothing else, so a benchmark can price single host
+//! calls in a real Envoy against `noop`: `shared_get` (a `B`-byte shared value), `shared_cas`
+//! (get + CAS set of it), `property` (`source.address`), `headers` (all request headers),
+//! `header` (`:path`), `time`, `metric` (counter increment), `log_debug` (a debug line Envoy
+//! filters out at its default level), `none` (only the callback).
+//!
 //! Every response gets `x-probe-response: 1` and `x-probe-response-code` (the `response.code`
 //! property). Metrics: `switchyard.probe.requests`, `.logged`, `.ticks`, `.queue_received`
 //! (counters), `.paused` (gauge), `.body_bytes` (histogram).
@@ -41,6 +48,31 @@ pub struct ProbeConfig {
     pub queue: Option<String>,
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
+    /// `cost` mode: the host call made `repeat` times in every request's header callback.
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default = "default_repeat")]
+    pub repeat: u32,
+    /// `cost` mode, `shared_get` / `shared_cas`: size of the shared value.
+    #[serde(default)]
+    pub value_bytes: usize,
+}
+
+/// What `cost` mode can repeat per request (see the crate docs).
+pub const COST_OPS: [&str; 9] = [
+    "none",
+    "shared_get",
+    "shared_cas",
+    "property",
+    "headers",
+    "header",
+    "time",
+    "metric",
+    "log_debug",
+];
+
+fn default_repeat() -> u32 {
+    1
 }
 
 fn default_call_timeout_ms() -> u64 {
@@ -50,14 +82,23 @@ fn default_call_timeout_ms() -> u64 {
 /// Parses and validates the probe configuration.
 pub fn parse(bytes: &[u8]) -> Result<ProbeConfig, ConfigError> {
     let config: ProbeConfig = parse_config(bytes)?;
-    if config.mode != "noop" && config.mode != "probe" {
+    if !["noop", "probe", "cost"].contains(&config.mode.as_str()) {
         return Err(ConfigError::new(
             "mode",
             format!(
-                "unknown mode {:?}: expected \"noop\" or \"probe\"",
+                "unknown mode {:?}: expected \"noop\", \"probe\" or \"cost\"",
                 config.mode
             ),
         ));
+    }
+    if config.mode == "cost" {
+        let op = config.op.as_deref().unwrap_or("");
+        if !COST_OPS.contains(&op) {
+            return Err(ConfigError::new(
+                "op",
+                format!("unknown cost op {op:?}: expected one of {COST_OPS:?}"),
+            ));
+        }
     }
     Ok(config)
 }
@@ -103,6 +144,17 @@ mod tests {
         let e = parse(br#"{"mode":"loud"}"#).unwrap_err();
         assert_eq!(e.path, "mode");
         assert!(parse(br#"{"mode":"noop","extra":1}"#).is_err());
+        let c =
+            parse(br#"{"mode":"cost","op":"shared_get","repeat":10,"value_bytes":64}"#).unwrap();
+        assert_eq!(
+            (c.op.as_deref(), c.repeat, c.value_bytes),
+            (Some("shared_get"), 10, 64)
+        );
+        assert_eq!(
+            parse(br#"{"mode":"cost","op":"nap"}"#).unwrap_err().path,
+            "op"
+        );
+        assert_eq!(parse(br#"{"mode":"cost"}"#).unwrap_err().path, "op");
         assert!(parse(b"").is_err());
     }
 
