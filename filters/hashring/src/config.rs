@@ -14,6 +14,11 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const MAX_VNODES: u32 = 10_000;
 /// Upper bound on ring points (`vnodes × Σweight`), about 16 MiB of table.
 pub const MAX_RING_POINTS: u64 = 1 << 20;
+/// Default `vnodes` of small host sets (total weight up to 64): 8192 points per unit of weight.
+pub const DEFAULT_RING_VNODES_MAX: u32 = 8192;
+/// Ring points the default `vnodes` aims at for large host sets (about 6 MiB of points and
+/// owners plus the bucket index, per VM): see [`default_vnodes`].
+pub const DEFAULT_RING_POINTS: u64 = 1 << 19;
 /// Default and upper bound of the Maglev table size.
 pub const DEFAULT_TABLE_SIZE: u64 = 65_537;
 pub const MAX_TABLE_SIZE: u64 = 1_000_003;
@@ -163,7 +168,8 @@ pub struct Config {
     pub hosts: Vec<Host>,
     pub hosts_from: Option<HostsFrom>,
     pub hash_key: KeySources,
-    pub vnodes: u32,
+    /// `vnodes` as configured; `None`: sized per host set by [`default_vnodes`].
+    pub vnodes: Option<u32>,
     pub table_size: u64,
     pub bounded_load: Option<f64>,
     pub health: Option<Health>,
@@ -173,6 +179,8 @@ pub struct Config {
     pub no_key: NoKey,
 }
 
+/// The fixed `vnodes` default of versions before the ring was sized per host set (kept for
+/// benchmarks comparing against it; omitting `vnodes` now means [`default_vnodes`]).
 pub const DEFAULT_VNODES: u32 = 160;
 pub const DEFAULT_FALLBACKS: u32 = 2;
 pub const DEFAULT_OUTPUT_HEADER: &str = "x-upstream-host";
@@ -187,13 +195,15 @@ impl Config {
                 "must list at least one key source",
             ));
         }
-        let vnodes = raw.vnodes.unwrap_or(DEFAULT_VNODES);
-        if vnodes == 0 || vnodes > MAX_VNODES {
-            return Err(ConfigError::new(
-                "vnodes",
-                format!("must be between 1 and {MAX_VNODES}, got {vnodes}"),
-            ));
+        if let Some(vnodes) = raw.vnodes {
+            if vnodes == 0 || vnodes > MAX_VNODES {
+                return Err(ConfigError::new(
+                    "vnodes",
+                    format!("must be between 1 and {MAX_VNODES}, got {vnodes}"),
+                ));
+            }
         }
+        let vnodes = raw.vnodes;
         let table_size = raw.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
         if !is_prime(table_size) || table_size > MAX_TABLE_SIZE {
             return Err(ConfigError::new(
@@ -294,18 +304,44 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The ring's points per unit of weight for `hosts`: the configured `vnodes`, or
+    /// [`default_vnodes`] when it was omitted.
+    pub fn vnodes_for(&self, hosts: &[Host]) -> u32 {
+        self.vnodes.unwrap_or_else(|| default_vnodes(hosts))
+    }
+}
+
+/// The ring's `vnodes` when the configuration omits it: 8192 points per unit of weight while
+/// the total weight is at most 64, then halved each time the total weight passes the next
+/// power of two, so the ring holds at most [`DEFAULT_RING_POINTS`] (2^19) points:
+/// `max(1, min(8192, 2^19 / Σweight rounded up to a power of two))`.
+///
+/// It is a step function on purpose: points per host must not change with every host added
+/// or removed, or each change would move about 1/N of the keys on top of the changed host's
+/// own 1/N. Within a step (e.g. 65–128 hosts of weight 1) adding or removing a host moves only
+/// that host's keys; crossing a step halves or doubles every host's points and moves about
+/// half of the keys once. An explicit `vnodes` never changes.
+pub fn default_vnodes(hosts: &[Host]) -> u32 {
+    let weight_sum: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
+    let per_weight = DEFAULT_RING_POINTS / weight_sum.max(1).next_power_of_two();
+    per_weight.clamp(1, u64::from(DEFAULT_RING_VNODES_MAX)) as u32
+}
+
 /// Checks that a host set fits the table limits: ring points (`vnodes × Σweight`) at most
 /// [`MAX_RING_POINTS`], Maglev table at least twice the number of hosts. Applies to the
-/// configured hosts and to every fetched host set.
+/// configured hosts and to every fetched host set. `vnodes` is the configured value (`None`:
+/// [`default_vnodes`], which always fits).
 pub fn check_table_limits(
     algorithm: Algorithm,
     hosts: &[Host],
-    vnodes: u32,
+    vnodes: Option<u32>,
     table_size: u64,
 ) -> Result<(), ConfigError> {
     match algorithm {
         Algorithm::Ring => {
             let weight_sum: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
+            let vnodes = vnodes.unwrap_or_else(|| default_vnodes(hosts));
             let points = weight_sum * u64::from(vnodes);
             if points > MAX_RING_POINTS {
                 return Err(ConfigError::new(
@@ -444,7 +480,8 @@ mod tests {
         assert_eq!(c.algorithm, Algorithm::Ring);
         assert_eq!(c.hosts.len(), 3);
         assert_eq!(c.hosts[2].weight, 2);
-        assert_eq!(c.vnodes, 160);
+        assert_eq!(c.vnodes, Some(160));
+        assert_eq!(c.vnodes_for(&c.hosts), 160);
         assert_eq!(c.bounded_load, Some(1.25));
         assert_eq!(c.health.as_ref().unwrap().failures, 3);
         assert_eq!(c.health.as_ref().unwrap().cooldown, Duration::from_secs(10));
@@ -593,6 +630,124 @@ mod tests {
         let hf = c.hosts_from.unwrap();
         assert_eq!(hf.interval, Duration::from_secs(5));
         assert_eq!(hf.timeout, Duration::from_secs(2));
+    }
+
+    fn weighted(weights: &[u32]) -> Vec<Host> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Host {
+                address: format!("10.0.{}.{}:80", i / 250, i % 250 + 1),
+                weight: *w,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_vnodes_steps_with_the_total_weight() {
+        // (hosts of weight 1, vnodes): 8192 up to 64, then halved per power of two.
+        for (n, want) in [
+            (1usize, 8192u32),
+            (3, 8192),
+            (10, 8192),
+            (64, 8192),
+            (65, 4096),
+            (100, 4096),
+            (128, 4096),
+            (129, 2048),
+            (256, 2048),
+            (257, 1024),
+            (512, 1024),
+            (513, 512),
+            (1000, 512),
+            (MAX_HOSTS, 512),
+        ] {
+            let hosts = weighted(&vec![1; n]);
+            assert_eq!(default_vnodes(&hosts), want, "{n} hosts");
+        }
+        // Weights count, not hosts: 3 hosts of weight 1, 1, 2 → total 4.
+        assert_eq!(default_vnodes(&weighted(&[1, 1, 2])), 8192);
+        // 40 hosts of weight 3: total 120 → 4096 per unit of weight.
+        assert_eq!(default_vnodes(&weighted(&[3; 40])), 4096);
+        // Heavy weights: never 0, and the points always fit the hard limit.
+        assert_eq!(default_vnodes(&weighted(&[MAX_WEIGHT; MAX_HOSTS])), 1);
+        assert_eq!(default_vnodes(&[]), 8192);
+    }
+
+    #[test]
+    fn default_vnodes_stay_within_the_point_budget() {
+        for weights in [
+            vec![1u32; 1],
+            vec![1; 64],
+            vec![1; 65],
+            vec![1; 700],
+            vec![7; 300],
+            vec![1000; 3],
+            vec![1000; 600],
+            vec![MAX_WEIGHT; MAX_HOSTS],
+        ] {
+            let hosts = weighted(&weights);
+            let v = u64::from(default_vnodes(&hosts));
+            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            assert!(v >= 1);
+            // At most 2^19 points, unless one point per unit of weight is already more.
+            assert!(
+                v * total <= DEFAULT_RING_POINTS.max(total),
+                "{} hosts: {v} × {total}",
+                weights.len()
+            );
+            assert!(v * total <= MAX_RING_POINTS);
+            check_table_limits(Algorithm::Ring, &hosts, None, DEFAULT_TABLE_SIZE).unwrap();
+        }
+    }
+
+    fn with_hosts(n: usize, weight: u32, extra: &str) -> String {
+        let hosts: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"address": "10.0.{}.{}:80", "weight": {weight}}}"#,
+                    i / 250,
+                    i % 250 + 1
+                )
+            })
+            .collect();
+        format!(r#"{{"hosts": [{}], {KEY}{extra}}}"#, hosts.join(","))
+    }
+
+    #[test]
+    fn explicit_vnodes_win_over_the_default() {
+        let c = Config::parse(with_hosts(10, 1, "").as_bytes()).unwrap();
+        assert_eq!(c.vnodes, None);
+        assert_eq!(c.vnodes_for(&c.hosts), 8192);
+        // The default follows the host set it is applied to (a `hosts_from` set).
+        assert_eq!(c.vnodes_for(&weighted(&[1; 100])), 4096);
+        for v in [1u32, 160, 10_000] {
+            let c = Config::parse(with_hosts(10, 1, &format!(r#", "vnodes": {v}"#)).as_bytes())
+                .unwrap();
+            assert_eq!(c.vnodes, Some(v));
+            assert_eq!(c.vnodes_for(&c.hosts), v);
+            assert_eq!(c.vnodes_for(&weighted(&[1; 100])), v);
+        }
+    }
+
+    #[test]
+    fn ring_point_limit_applies_to_explicit_vnodes_only() {
+        // 20 hosts of weight 1000 with the old fixed 160 vnodes would be 3.2M points: an
+        // explicit vnodes is rejected naming the field, the default sizes itself to fit.
+        let explicit = err(&with_hosts(20, 1000, r#", "vnodes": 160"#));
+        assert_eq!(explicit.path, "vnodes");
+        assert!(explicit.to_string().contains("ring points"), "{explicit}");
+        let c = Config::parse(with_hosts(20, 1000, "").as_bytes()).unwrap();
+        assert_eq!(c.vnodes_for(&c.hosts), 16);
+        // The same rule for a fetched host set (`hosts_from`).
+        let heavy = weighted(&[1000; 20]);
+        assert_eq!(
+            check_table_limits(Algorithm::Ring, &heavy, Some(160), DEFAULT_TABLE_SIZE)
+                .unwrap_err()
+                .path,
+            "vnodes"
+        );
+        assert!(check_table_limits(Algorithm::Ring, &heavy, None, DEFAULT_TABLE_SIZE).is_ok());
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct HostSet {
 
 impl HostSet {
     fn build(config: &Config, hosts: Vec<Host>, version: u64, metrics: &Metrics) -> HostSet {
-        let table = Table::build(config.algorithm, &hosts, config.vnodes, config.table_size);
+        let table = Table::for_config(config, &hosts);
         let host_stats: Vec<String> = hosts
             .iter()
             .map(|h| format!("host.{}", stat_label(&h.address)))

@@ -27,12 +27,7 @@ pub fn validate_config(json: &[u8]) -> Result<(), switchyard_core::ConfigError> 
 /// running this configuration picks for the key. Builds the table, so it is meant for tools and
 /// tests, not for request paths.
 pub fn primary_host(config: &Config, key_value: &str) -> Option<String> {
-    let table = table::Table::build(
-        config.algorithm,
-        &config.hosts,
-        config.vnodes,
-        config.table_size,
-    );
+    let table = table::Table::for_config(config, &config.hosts);
     let hash = switchyard_core::hash::stable_hash64(key_value.as_bytes());
     table
         .primary(hash)

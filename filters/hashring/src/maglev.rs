@@ -76,6 +76,29 @@ impl Maglev {
         self.table.is_empty()
     }
 
+    /// Each host's exact share of the hash space (its share of table slots), indexed like the
+    /// host list.
+    pub fn shares(&self) -> Vec<f64> {
+        let mut shares = vec![0.0; self.hosts];
+        let slot = 1.0 / self.table.len().max(1) as f64;
+        for owner in &self.table {
+            if let Some(s) = shares.get_mut(*owner as usize) {
+                *s += slot;
+            }
+        }
+        shares
+    }
+
+    /// The host index of every slot.
+    pub fn slots(&self) -> &[u32] {
+        &self.table
+    }
+
+    /// Bytes held by the table.
+    pub fn memory_bytes(&self) -> usize {
+        self.table.len() * 4
+    }
+
     pub fn primary(&self, key: u64) -> Option<usize> {
         if self.table.is_empty() {
             return None;

@@ -27,6 +27,11 @@ impl Rendezvous {
         }
     }
 
+    /// Bytes held (one hash and one weight per host).
+    pub fn memory_bytes(&self) -> usize {
+        self.host_hashes.len() * 16
+    }
+
     fn score(&self, key: u64, i: usize) -> f64 {
         let h = fmix64(key ^ self.host_hashes[i]);
         // 53 random bits, shifted off 0 so ln(u) < 0 is finite.

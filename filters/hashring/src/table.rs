@@ -2,7 +2,7 @@
 //! algorithm answers the same question: the key's distinct hosts in preference order (primary
 //! first), so bounded-load spill, health skips and fallbacks all walk the same order.
 
-use crate::config::{Algorithm, Host};
+use crate::config::{default_vnodes, Algorithm, Config, Host, DEFAULT_TABLE_SIZE};
 use crate::maglev::Maglev;
 use crate::rendezvous::Rendezvous;
 use crate::ring::Ring;
@@ -21,6 +21,64 @@ impl Table {
             Algorithm::Ring => Table::Ring(Ring::build(hosts, vnodes)),
             Algorithm::Maglev => Table::Maglev(Maglev::build(hosts, table_size)),
             Algorithm::Rendezvous => Table::Rendezvous(Rendezvous::build(hosts)),
+        }
+    }
+
+    /// The table `config` builds for `hosts`: its `vnodes` / `table_size`, or the defaults for
+    /// this host set where they were omitted.
+    pub fn for_config(config: &Config, hosts: &[Host]) -> Table {
+        Table::build(
+            config.algorithm,
+            hosts,
+            config.vnodes_for(hosts),
+            config.table_size,
+        )
+    }
+
+    /// The table a configuration that omits `vnodes` and `table_size` builds for `hosts`.
+    pub fn with_defaults(algorithm: Algorithm, hosts: &[Host]) -> Table {
+        Table::build(algorithm, hosts, default_vnodes(hosts), DEFAULT_TABLE_SIZE)
+    }
+
+    /// Each host's exact share of the hash space (its share of keys in the limit of infinitely
+    /// many uniform keys), indexed like the host list. `None` for rendezvous, whose shares
+    /// exist only as probabilities.
+    pub fn exact_shares(&self) -> Option<Vec<f64>> {
+        match self {
+            Table::Ring(r) => Some(r.shares()),
+            Table::Maglev(m) => Some(m.shares()),
+            Table::Rendezvous(_) => None,
+        }
+    }
+
+    /// Exact fraction of the hash space whose primary host (by address) differs between this
+    /// table over `hosts` and `other` over `other_hosts`. `None` unless both are rings or both
+    /// are Maglev tables of one size (rendezvous moves can only be sampled).
+    pub fn exact_moved(&self, hosts: &[Host], other: &Table, other_hosts: &[Host]) -> Option<f64> {
+        match (self, other) {
+            (Table::Ring(a), Table::Ring(b)) => Some(a.moved_fraction(hosts, b, other_hosts)),
+            (Table::Maglev(a), Table::Maglev(b)) if a.len() == b.len() && !a.is_empty() => {
+                let moved = a
+                    .slots()
+                    .iter()
+                    .zip(b.slots())
+                    .filter(|(x, y)| {
+                        hosts.get(**x as usize).map(|h| &h.address)
+                            != other_hosts.get(**y as usize).map(|h| &h.address)
+                    })
+                    .count();
+                Some(moved as f64 / a.len() as f64)
+            }
+            _ => None,
+        }
+    }
+
+    /// Bytes the table holds (per VM: every Envoy worker builds its own).
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            Table::Ring(r) => r.memory_bytes(),
+            Table::Maglev(m) => m.memory_bytes(),
+            Table::Rendezvous(r) => r.memory_bytes(),
         }
     }
 
@@ -292,6 +350,62 @@ mod tests {
             );
             assert!(extra <= 0.03, "n={n}: {extra}");
         }
+    }
+
+    /// What a configuration that omits `vnodes` gets for ten hosts: issue #8's goals, exactly
+    /// (hash-space shares, no key sampling): max/mean <= 1.05, and adding or removing a host
+    /// moves within 10 % of 1/N, all of it the changed host's own keys.
+    #[test]
+    fn default_ring_meets_the_balance_and_remap_goals_for_ten_hosts() {
+        let all = hosts(&[1; 11]);
+        let base = &all[..10];
+        let t = Table::with_defaults(Algorithm::Ring, base);
+        let shares = t.exact_shares().unwrap();
+        let max = shares.iter().copied().fold(0.0, f64::max);
+        println!("default ring, 10 hosts: max/mean {:.4}", max * 10.0);
+        assert!(max * 10.0 <= 1.05, "{shares:?}");
+        for removed in [0, 5, 9] {
+            let mut fewer = base.to_vec();
+            fewer.remove(removed);
+            let after = Table::with_defaults(Algorithm::Ring, &fewer);
+            let moved = t.exact_moved(base, &after, &fewer).unwrap();
+            assert!(
+                (moved - shares[removed]).abs() < 1e-12,
+                "only its keys move"
+            );
+            assert!(
+                (moved * 10.0 - 1.0).abs() <= 0.10,
+                "remove {removed}: {moved}"
+            );
+        }
+        let grown = Table::with_defaults(Algorithm::Ring, &all);
+        let moved = t.exact_moved(base, &grown, &all).unwrap();
+        assert!((moved * 11.0 - 1.0).abs() <= 0.10, "add: {moved}");
+    }
+
+    /// The exact moved fraction is what sampled keys converge to, for ring and Maglev.
+    #[test]
+    fn exact_moved_fraction_matches_sampled_keys() {
+        let base = hosts(&[1, 2, 1, 1, 3, 1]);
+        let fewer: Vec<Host> = base.iter().skip(1).cloned().collect();
+        for a in [Algorithm::Ring, Algorithm::Maglev] {
+            let (t0, t1) = (table(a, &base), table(a, &fewer));
+            let exact = t0.exact_moved(&base, &t1, &fewer).unwrap();
+            let sampled = (0..KEYS)
+                .filter(|i| {
+                    base[t0.primary(key(*i)).unwrap()].address
+                        != fewer[t1.primary(key(*i)).unwrap()].address
+                })
+                .count() as f64
+                / KEYS as f64;
+            assert!(
+                (exact - sampled).abs() < 0.005,
+                "{a:?}: {exact} vs {sampled}"
+            );
+            assert_eq!(t0.exact_moved(&base, &t0, &base), Some(0.0));
+        }
+        let r = table(Algorithm::Rendezvous, &base);
+        assert_eq!(r.exact_moved(&base, &r, &base), None);
     }
 
     #[test]
