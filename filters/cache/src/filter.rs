@@ -10,7 +10,7 @@ use crate::rfc::{
     authorization_allows, freshness_lifetime, not_modified, serve_decision, stale_if_error_allows,
     storable, AgeClock, Policy, RequestFacts, ResponseFacts, Serve,
 };
-use crate::store::{InsertError, Store, StoreConfig};
+use crate::store::{Hit, InsertError, Store, StoreConfig};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -98,17 +98,20 @@ impl Runtime {
     }
 
     /// The stored entry for this request: same full key and matching `Vary` values.
-    fn find(&self, key: &CacheKey, view: &RequestView) -> Option<(usize, u32, Entry)> {
-        self.store().lookup(key.hash).into_iter().find(|(_, _, e)| {
+    fn find(&self, key: &CacheKey, view: &RequestView) -> Option<Hit> {
+        self.store().find(key.hash).into_iter().find(|h| {
+            let e = &h.entry;
             let names: Vec<String> = e.vary.iter().map(|(n, _)| n.clone()).collect();
             e.key == key.text && vary_values(&names, view) == e.vary
         })
     }
 
+    /// Reads every bucket: only at configure time and after purges / invalidations.
     fn update_gauges(&self) {
-        if let Some(idx) = self.store().index() {
-            self.metrics.set_gauge("bytes_in_use", idx.used);
-            self.metrics.set_gauge("entries", idx.entries() as u64);
+        let store = self.store();
+        if let Some(used) = store.used() {
+            self.metrics.set_gauge("bytes_in_use", used);
+            self.metrics.set_gauge("entries", store.entries() as u64);
         }
     }
 
@@ -255,7 +258,7 @@ impl CacheRoot {
         let now_ms = now / NS_PER_MS;
         let mut keep = Vec::new();
         for w in waiters {
-            if let Some((_, _, entry)) = rt.find(&w.key, &w.view) {
+            if let Some(Hit { entry, .. }) = rt.find(&w.key, &w.view) {
                 let (facts, lifetime, age) = rt.lifetime_and_age(&entry, now);
                 let usable = matches!(
                     serve_decision(&w.facts, &facts.cc, lifetime, age),
@@ -582,7 +585,7 @@ impl CacheHttp {
             store.remove_entries_where(|e| e.key.starts_with(&start))
         } else if let Some(target) = key_view {
             let key = rt.cfg.key.key(&target);
-            store.remove_where(|s| s.primary == key.hash)
+            store.remove_primary(key.hash)
         } else {
             0
         };
@@ -603,7 +606,7 @@ impl CacheHttp {
             head,
             request_time: now,
         };
-        if let Some((slot, generation, entry)) = found {
+        if let Some(Hit { slot, meta, entry }) = found {
             let (rfacts, lifetime, age) = rt.lifetime_and_age(&entry, now);
             if req.facts.has_authorization && !authorization_allows(&rfacts.cc) {
                 // RFC 9111 §3.5: not for requests with credentials; the response goes by.
@@ -618,13 +621,13 @@ impl CacheHttp {
             }
             match decision {
                 Serve::Fresh | Serve::StaleAllowed => {
-                    rt.store().touch(slot, generation, now / NS_PER_MS);
+                    rt.store().touch_seen(slot, &meta, now / NS_PER_MS);
                     rt.serve(&req.view, &entry, now, decision == Serve::StaleAllowed);
                     self.stage = Stage::Served;
                     return Action::Pause;
                 }
                 Serve::StaleWhileRevalidate => {
-                    rt.store().touch(slot, generation, now / NS_PER_MS);
+                    rt.store().touch_seen(slot, &meta, now / NS_PER_MS);
                     rt.serve(&req.view, &entry, now, true);
                     let mut st = rt.state.borrow_mut();
                     if st.in_flight_keys.insert(req.key.hash) {
