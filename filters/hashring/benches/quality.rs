@@ -404,8 +404,8 @@ fn main() {
     let uniform = &many[..KEYS];
     let zipf = zipf_requests(100_000, KEYS, 1.1);
     println!(
-        "Default settings: algorithm `ring`, vnodes = `default_vnodes` (8192 per unit of weight \
-         up to a total weight of 64, then halved per doubling: at most 2^19 points), Maglev \
+        "Default settings: algorithm `ring`, vnodes = `default_vnodes` (4096 per unit of weight \
+         up to a total weight of 128, then halved per doubling: at most 2^19 points), Maglev \
          table {DEFAULT_TABLE_SIZE}. Keys `user-<i>`.\n"
     );
     table_section();

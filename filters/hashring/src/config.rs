@@ -14,8 +14,9 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const MAX_VNODES: u32 = 10_000;
 /// Upper bound on ring points (`vnodes × Σweight`), about 16 MiB of table.
 pub const MAX_RING_POINTS: u64 = 1 << 20;
-/// Default `vnodes` of small host sets (total weight up to 64): 8192 points per unit of weight.
-pub const DEFAULT_RING_VNODES_MAX: u32 = 8192;
+/// Default `vnodes` of host sets up to a total weight of 128: 4096 points per unit of weight
+/// (exact max/mean load 1.022 at 10 hosts, 1.038 at 100).
+pub const DEFAULT_RING_VNODES_MAX: u32 = 4096;
 /// Ring points the default `vnodes` aims at for large host sets (about 6 MiB of points and
 /// owners plus the bucket index, per VM): see [`default_vnodes`].
 pub const DEFAULT_RING_POINTS: u64 = 1 << 19;
@@ -312,14 +313,14 @@ impl Config {
     }
 }
 
-/// The ring's `vnodes` when the configuration omits it: 8192 points per unit of weight while
-/// the total weight is at most 64, then halved each time the total weight passes the next
+/// The ring's `vnodes` when the configuration omits it: 4096 points per unit of weight while
+/// the total weight is at most 128, then halved each time the total weight passes the next
 /// power of two, so the ring holds at most [`DEFAULT_RING_POINTS`] (2^19) points:
-/// `max(1, min(8192, 2^19 / Σweight rounded up to a power of two))`.
+/// `max(1, min(4096, 2^19 / Σweight rounded up to a power of two))`.
 ///
 /// It is a step function on purpose: points per host must not change with every host added
 /// or removed, or each change would move about 1/N of the keys on top of the changed host's
-/// own 1/N. Within a step (e.g. 65–128 hosts of weight 1) adding or removing a host moves only
+/// own 1/N. Within a step (e.g. 129–256 hosts of weight 1) adding or removing a host moves only
 /// that host's keys; crossing a step halves or doubles every host's points and moves about
 /// half of the keys once. An explicit `vnodes` never changes.
 pub fn default_vnodes(hosts: &[Host]) -> u32 {
@@ -645,12 +646,12 @@ mod tests {
 
     #[test]
     fn default_vnodes_steps_with_the_total_weight() {
-        // (hosts of weight 1, vnodes): 8192 up to 64, then halved per power of two.
+        // (hosts of weight 1, vnodes): 4096 up to 128, then halved per power of two.
         for (n, want) in [
-            (1usize, 8192u32),
-            (3, 8192),
-            (10, 8192),
-            (64, 8192),
+            (1usize, 4096u32),
+            (3, 4096),
+            (10, 4096),
+            (64, 4096),
             (65, 4096),
             (100, 4096),
             (128, 4096),
@@ -666,12 +667,12 @@ mod tests {
             assert_eq!(default_vnodes(&hosts), want, "{n} hosts");
         }
         // Weights count, not hosts: 3 hosts of weight 1, 1, 2 → total 4.
-        assert_eq!(default_vnodes(&weighted(&[1, 1, 2])), 8192);
+        assert_eq!(default_vnodes(&weighted(&[1, 1, 2])), 4096);
         // 40 hosts of weight 3: total 120 → 4096 per unit of weight.
         assert_eq!(default_vnodes(&weighted(&[3; 40])), 4096);
         // Heavy weights: never 0, and the points always fit the hard limit.
         assert_eq!(default_vnodes(&weighted(&[MAX_WEIGHT; MAX_HOSTS])), 1);
-        assert_eq!(default_vnodes(&[]), 8192);
+        assert_eq!(default_vnodes(&[]), 4096);
     }
 
     #[test]
@@ -718,7 +719,7 @@ mod tests {
     fn explicit_vnodes_win_over_the_default() {
         let c = Config::parse(with_hosts(10, 1, "").as_bytes()).unwrap();
         assert_eq!(c.vnodes, None);
-        assert_eq!(c.vnodes_for(&c.hosts), 8192);
+        assert_eq!(c.vnodes_for(&c.hosts), 4096);
         // The default follows the host set it is applied to (a `hosts_from` set).
         assert_eq!(c.vnodes_for(&weighted(&[1; 100])), 4096);
         for v in [1u32, 160, 10_000] {
