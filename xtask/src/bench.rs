@@ -1,14 +1,18 @@
 //! `cargo xtask bench [proxy|algo|memory|all] [--quick] [--rounds N] [--seconds S]
-//! [--connections C] [--requests N]`: the benchmarks of docs/benchmarks.md. Results go to
-//! `target/bench/` (markdown and JSON). Nothing here asserts a goal: the numbers are reported.
+//! [--connections C] [--requests N] [--only A,B] [--load wrk|builtin]`: the benchmarks of
+//! docs/benchmarks.md. Results go to `target/bench/` (markdown and JSON). Nothing here asserts a goal: the numbers are reported.
 
+mod algo;
+mod hostcalls;
 mod load;
+mod pin;
 mod variants;
+mod wrk;
 
 use crate::procs::Supervisor;
 use crate::util::{self, Result};
 use crate::{build, envoy, http};
-use load::{Outcome, Plan};
+use load::{Generator, Plan, Summary};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,11 +22,14 @@ use std::time::{Duration, Instant};
 use variants::Variant;
 
 pub const USAGE: &str = "\
-usage: cargo xtask bench [proxy|algo|memory|all] [options]
+usage: cargo xtask bench [proxy|algo|memory|hostcalls|all] [options]
   proxy    every variant (plain, no-op wasm, each filter, the chain, native counterparts) in
            interleaved rounds: Envoy CPU us/request, req/s, p50/p99, non-2xx, RSS
-  algo     the native benches of the filter crates (cost, hash quality, cache hit ratios)
+  algo     the native benches of the filter crates: criterion timings (decision, lookup, build
+           costs), hash quality, cache hit ratios
   memory   Envoy RSS before/after N requests with distinct keys through all four filters
+  hostcalls what one proxy-wasm host call costs in this Envoy (the probe filter's cost mode
+           against the no-op filter, Envoy answering itself): where the filters' time goes
   all      (default) proxy, then memory, then algo
 options:
   --quick            2 rounds of 2 s (proxy) and 200000 requests (memory)
@@ -30,7 +37,10 @@ options:
   --seconds S        measured seconds per variant and round (default 4)
   --connections C    load connections (default 4)
   --requests N       memory run requests (default 1000000)
-  --only A,B         proxy: run only these variants (names as in docs/benchmarks.md)";
+  --only A,B         proxy, hostcalls: run only these variants (names as in docs/benchmarks.md)
+  --no-pin           do not pin Envoy to a CPU of its own (default: pinned with 2+ CPUs)
+  --load wrk|builtin proxy load generator (default: wrk when it is on PATH, else the built-in
+                     one; nothing is installed). The memory run always uses the built-in one";
 
 struct Options {
     rounds: usize,
@@ -39,6 +49,10 @@ struct Options {
     connections: usize,
     memory_requests: u64,
     only: Option<Vec<String>>,
+    /// The proxy benchmark's load generator.
+    load: Generator,
+    /// Envoy on a CPU of its own (see `pin`); `None` with `--no-pin` or a single CPU.
+    pin: Option<pin::Pinning>,
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
@@ -50,7 +64,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         connections: 4,
         memory_requests: 1_000_000,
         only: None,
+        load: Generator::Builtin,
+        pin: None,
     };
+    let mut pinning = true;
+    let mut load_choice = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut number = |name: &str| -> Result<u64> {
@@ -59,7 +77,7 @@ pub fn bench(args: &[String]) -> Result<()> {
                 .ok_or_else(|| format!("{name} needs a number\n{USAGE}"))
         };
         match arg.as_str() {
-            "proxy" | "algo" | "memory" | "all" => what = arg.as_str(),
+            "proxy" | "algo" | "memory" | "hostcalls" | "all" => what = arg.as_str(),
             "--quick" => {
                 opts.rounds = 2;
                 opts.measure = Duration::from_secs(2);
@@ -76,12 +94,27 @@ pub fn bench(args: &[String]) -> Result<()> {
                     .ok_or_else(|| format!("--only needs variant names\n{USAGE}"))?;
                 opts.only = Some(list.split(',').map(str::to_owned).collect());
             }
+            "--no-pin" => pinning = false,
+            "--load" => {
+                let choice = it
+                    .next()
+                    .ok_or_else(|| format!("--load needs wrk or builtin\n{USAGE}"))?;
+                load_choice = Some(choice.as_str());
+            }
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
         }
     }
+    if matches!(what, "proxy" | "hostcalls" | "all") {
+        // Before the build, so a missing wrk fails fast.
+        opts.load = Generator::select(load_choice, wrk::Wrk::find())?;
+    }
+    let allowed = pin::allowed_cpus()?;
+    if pinning {
+        opts.pin = pin::split(&allowed);
+    }
     let out_dir = util::workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
-    if matches!(what, "proxy" | "memory" | "all") {
+    if matches!(what, "proxy" | "memory" | "hostcalls" | "all") {
         let artifacts = build::build()?;
         let envoy_bin = envoy::ensure(envoy::DEFAULT_VERSION)?;
         let env = Env {
@@ -90,15 +123,28 @@ pub fn bench(args: &[String]) -> Result<()> {
             dist: artifacts.dist,
             out_dir: out_dir.clone(),
         };
-        if matches!(what, "proxy" | "all") {
-            proxy(&env, &opts)?;
+        if let Some(p) = &opts.pin {
+            pin::set_self(&p.others)?;
         }
-        if matches!(what, "memory" | "all") {
-            memory(&env, &opts)?;
-        }
+        let run = || -> Result<()> {
+            if matches!(what, "proxy" | "all") {
+                proxy(&env, &opts)?;
+            }
+            if matches!(what, "memory" | "all") {
+                memory(&env, &opts)?;
+            }
+            if what == "hostcalls" {
+                hostcalls(&env, &opts)?;
+            }
+            Ok(())
+        };
+        let result = run();
+        // The algorithm benches (and their build) get every CPU again.
+        pin::set_self(&allowed)?;
+        result?;
     }
     if matches!(what, "algo" | "all") {
-        algo(&out_dir)?;
+        algo::algo(&out_dir)?;
     }
     Ok(())
 }
@@ -170,6 +216,7 @@ fn start_envoy(
     run_dir: &Path,
     variant: &Variant,
     upstreams: &[u16; 3],
+    pin: Option<&pin::Pinning>,
 ) -> Result<Running> {
     let (listener, admin) = (free_port()?, free_port()?);
     let config = run_dir.join(format!("{}.yaml", variant.name));
@@ -179,6 +226,9 @@ fn start_envoy(
     )
     .map_err(|e| format!("write {}: {e}", config.display()))?;
     let mut cmd = Command::new(&env.envoy_bin);
+    if let Some(p) = pin {
+        pin::pin_command(&mut cmd, p);
+    }
     cmd.arg("-c").arg(&config).args([
         "--concurrency",
         "1",
@@ -232,7 +282,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 
 struct Sample {
     completed: u64,
-    cpu_us_per_req: f64,
+    pub(crate) cpu_us_per_req: f64,
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -241,25 +291,41 @@ struct Sample {
     rss_kib: u64,
 }
 
-fn measure(running: &Running, variant: &Variant, opts: &Options) -> Result<Sample> {
-    let plan = |duration| Plan {
-        addr: loopback(running.listener),
-        path: variant.path.to_owned(),
-        connections: opts.connections,
-        keys: 10_000,
-        duration,
-        max_requests: None,
+/// Warm-up, then the measured interval, with the selected generator. Envoy's CPU time is read
+/// just before and after the measured load, so CPU/request divides it by the requests completed
+/// in that interval.
+fn measure(running: &Running, variant: &Variant, opts: &Options, run_dir: &Path) -> Result<Sample> {
+    let addr = loopback(running.listener);
+    const KEYS: u64 = 10_000;
+    let run: Box<dyn Fn(Duration) -> Result<Summary>> = match &opts.load {
+        Generator::Builtin => Box::new(|duration| {
+            Ok(load::run(&Plan {
+                addr,
+                path: variant.path.to_owned(),
+                connections: opts.connections,
+                keys: KEYS,
+                duration,
+                max_requests: None,
+            })
+            .summary())
+        }),
+        Generator::Wrk(wrk) => {
+            let script = run_dir.join(format!("{}.wrk.lua", variant.name));
+            std::fs::write(&script, wrk::script(variant.path, KEYS, opts.connections))
+                .map_err(|e| format!("write {}: {e}", script.display()))?;
+            Box::new(move |duration| wrk.run(&script, addr, opts.connections, duration))
+        }
     };
-    load::run(&plan(opts.warmup));
+    run(opts.warmup)?;
     let before = cpu_us(running.pid)?;
-    let outcome: Outcome = load::run(&plan(opts.measure));
+    let outcome = run(opts.measure)?;
     let after = cpu_us(running.pid)?;
     Ok(Sample {
         completed: outcome.completed,
         cpu_us_per_req: (after - before) as f64 / outcome.completed.max(1) as f64,
         rps: outcome.rps(),
-        p50_ms: outcome.percentile_ms(50.0),
-        p99_ms: outcome.percentile_ms(99.0),
+        p50_ms: outcome.p50_us as f64 / 1000.0,
+        p99_ms: outcome.p99_us as f64 / 1000.0,
         non_2xx: outcome.non_2xx,
         errors: outcome.errors,
         rss_kib: rss_kib(running.pid)?,
@@ -291,7 +357,12 @@ fn machine() -> String {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
         .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Counted from /proc/cpuinfo: the benchmark pins itself, which narrows
+    // `available_parallelism` to the CPUs it may use.
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -307,11 +378,53 @@ fn machine() -> String {
 }
 
 fn proxy(env: &Env, opts: &Options) -> Result<()> {
-    let run_dir = env.out_dir.join("proxy");
+    let variants = |upstreams: &[u16; 3]| variants::all(&env.dist, upstreams);
+    let (variants, samples) = interleaved_rounds(env, opts, "proxy", variants)?;
+    let envoy_version = envoy_version(&env.envoy_bin);
+    let report = proxy_report(&variants, &samples, opts, &envoy_version);
+    write_outputs(&env.out_dir, "proxy", &report.0, &report.1)?;
+    println!("{}", report.0);
+    Ok(())
+}
+
+/// The host-call benchmark: what one proxy-wasm host call costs in this Envoy.
+fn hostcalls(env: &Env, opts: &Options) -> Result<()> {
+    let variants = |_: &[u16; 3]| variants::hostcalls(&env.dist);
+    let (variants, samples) = interleaved_rounds(env, opts, "hostcalls", variants)?;
+    let report = hostcalls::report(
+        &variants,
+        &samples,
+        &format!(
+            "Machine: {}. Envoy {}, `--concurrency 1`, Envoy answering 200 itself. {} rounds x {} s \
+             per variant, {} connections from {}. {}.",
+            machine(),
+            envoy_version(&env.envoy_bin),
+            opts.rounds,
+            opts.measure.as_secs(),
+            opts.connections,
+            opts.load.label(opts.connections),
+            pin::describe(opts.pin.as_ref())
+        ),
+    );
+    write_outputs(&env.out_dir, "hostcalls", &report.0, &report.1)?;
+    println!("{}", report.0);
+    Ok(())
+}
+
+/// Starts every variant's Envoy (narrowed by `--only`) and measures them in interleaved rounds.
+/// Every variant's Envoy runs for the whole benchmark, so rounds interleave the variants without
+/// restarts; idle Envoys cost next to nothing.
+fn interleaved_rounds(
+    env: &Env,
+    opts: &Options,
+    dir: &str,
+    variants_for: impl Fn(&[u16; 3]) -> Vec<Variant>,
+) -> Result<(Vec<Variant>, Vec<Vec<Sample>>)> {
+    let run_dir = env.out_dir.join(dir);
     std::fs::create_dir_all(&run_dir).map_err(|e| format!("create {}: {e}", run_dir.display()))?;
     let mut children = Supervisor::new();
     let upstreams = start_upstreams(env, &mut children, &run_dir)?;
-    let mut variants = variants::all(&env.dist, &upstreams);
+    let mut variants = variants_for(&upstreams);
     if let Some(only) = &opts.only {
         let unknown: Vec<&String> = only
             .iter()
@@ -326,17 +439,22 @@ fn proxy(env: &Env, opts: &Options) -> Result<()> {
         }
         variants.retain(|v| only.iter().any(|n| n == v.name));
     }
-    // Every variant's Envoy runs for the whole benchmark, so rounds interleave the variants
-    // without restarts; idle Envoys cost next to nothing.
     let mut running = Vec::new();
     for v in &variants {
         println!("bench: starting envoy for {}", v.name);
-        running.push(start_envoy(env, &mut children, &run_dir, v, &upstreams)?);
+        running.push(start_envoy(
+            env,
+            &mut children,
+            &run_dir,
+            v,
+            &upstreams,
+            opts.pin.as_ref(),
+        )?);
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 1..=opts.rounds {
         for (i, v) in variants.iter().enumerate() {
-            let s = measure(&running[i], v, opts)?;
+            let s = measure(&running[i], v, opts, &run_dir)?;
             println!(
                 "round {round}/{}: {:<24} {:>7.1} us/req {:>8.0} req/s p50 {:.2} ms p99 {:.2} ms non-2xx {} errors {}",
                 opts.rounds, v.name, s.cpu_us_per_req, s.rps, s.p50_ms, s.p99_ms, s.non_2xx, s.errors
@@ -345,11 +463,7 @@ fn proxy(env: &Env, opts: &Options) -> Result<()> {
         }
         children.check_alive()?;
     }
-    let envoy_version = envoy_version(&env.envoy_bin);
-    let report = proxy_report(&variants, &samples, opts, &envoy_version);
-    write_outputs(&env.out_dir, "proxy", &report.0, &report.1)?;
-    println!("{}", report.0);
-    Ok(())
+    Ok((variants, samples))
 }
 
 /// `1.40.0/Clean/RELEASE/BoringSSL (9e55…)` from Envoy's `--version` line.
@@ -380,13 +494,15 @@ fn proxy_report(
     let _ = writeln!(
         md,
         "Machine: {}. Envoy {envoy_version}, `--concurrency 1`. {} rounds x {} s per variant \
-         (after {} ms warm-up), {} keep-alive HTTP/1.1 connections from the built-in load \
-         generator. Medians over rounds; CPU spread is min-max.\n",
+         (after {} ms warm-up), {} keep-alive HTTP/1.1 connections from {}. Medians over \
+         rounds; CPU spread is min-max. {}.\n",
         machine(),
         opts.rounds,
         opts.measure.as_secs(),
-        opts.warmup.as_millis(),
-        opts.connections
+        opts.load.warmup(opts.warmup).as_millis(),
+        opts.connections,
+        opts.load.label(opts.connections),
+        pin::describe(opts.pin.as_ref())
     );
     md.push_str("| variant | Envoy CPU us/req (min-max) | added over plain | req/s | p50 ms | p99 ms | non-2xx | Envoy RSS MiB |\n");
     md.push_str("|---|---|---|---|---|---|---|---|\n");
@@ -462,7 +578,10 @@ fn proxy_report(
     let json = json!({
         "machine": machine(), "envoy": envoy_version, "rounds": opts.rounds,
         "measure_seconds": opts.measure.as_secs_f64(), "connections": opts.connections,
-        "load_generator": "xtask built-in (closed loop, keep-alive HTTP/1.1)",
+        "warmup_seconds": opts.load.warmup(opts.warmup).as_secs_f64(),
+        "load": opts.load.name(),
+        "cpu_pinning": pin::describe(opts.pin.as_ref()),
+        "load_generator": format!("{} (closed loop, keep-alive HTTP/1.1)", opts.load.label(opts.connections)),
         "variants": rows, "ratios": ratios,
     });
     (md, json)
@@ -499,7 +618,14 @@ fn memory(env: &Env, opts: &Options) -> Result<()> {
         path: "/svc19/m{n}?header=Cache-Control:max-age%3D3600",
         counterpart: None,
     };
-    let running = start_envoy(env, &mut children, &run_dir, &variant, &upstreams)?;
+    let running = start_envoy(
+        env,
+        &mut children,
+        &run_dir,
+        &variant,
+        &upstreams,
+        opts.pin.as_ref(),
+    )?;
     let plan = |max: u64| Plan {
         addr: loopback(running.listener),
         path: variant.path.to_owned(),
@@ -560,10 +686,11 @@ fn memory(env: &Env, opts: &Options) -> Result<()> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. All four filters chained (ratelimit, cache, router, hashring), {} connections, \
-         every request a new `x-user-id` and a new cacheable path.\n",
+        "Machine: {}. All four filters chained (ratelimit, cache, router, hashring), {} connections \
+         from the built-in load generator, every request a new `x-user-id` and a new cacheable path. {}.\n",
         machine(),
-        opts.connections
+        opts.connections,
+        pin::describe(opts.pin.as_ref())
     );
     let _ = writeln!(
         md,
@@ -593,42 +720,13 @@ fn memory(env: &Env, opts: &Options) -> Result<()> {
         let _ = writeln!(md, "| dist/{name} | {} |", util::kib(*bytes));
     }
     let json = json!({
-        "machine": machine(), "requests": outcome.completed, "non_2xx": outcome.non_2xx,
+        "machine": machine(), "load": "builtin", "requests": outcome.completed, "non_2xx": outcome.non_2xx,
         "errors": outcome.errors, "rss_kib": {"start": rss_start, "after_warmup": rss_before,
         "peak": peak, "after": rss_after}, "curve": curve,
         "wasm_bytes": sizes.iter().map(|(n, b)| json!({"module": n, "bytes": b})).collect::<Vec<_>>(),
     });
     write_outputs(&env.out_dir, "memory", &md, &json)?;
     println!("{md}");
-    Ok(())
-}
-
-/// The filter crates' native benches, collected into `algo.md`: package, bench, and whether it
-/// prints markdown (else its output is quoted as text).
-const ALGO_BENCHES: [(&str, &str, bool); 7] = [
-    ("switchyard-ratelimit", "decide", false),
-    ("switchyard-ratelimit", "tiers", true),
-    ("switchyard-hashring", "lookup", false),
-    ("switchyard-hashring", "quality", true),
-    ("switchyard-router", "decide", false),
-    ("switchyard-cache", "decide", true),
-    ("switchyard-cache", "hit_ratio", true),
-];
-
-fn algo(out_dir: &Path) -> Result<()> {
-    let mut md = format!("Machine: {}. Native, release build.\n", machine());
-    for (package, bench, markdown) in ALGO_BENCHES {
-        let text = util::output(util::cargo().args(["bench", "-p", package, "--bench", bench]))?;
-        println!("{text}");
-        if markdown {
-            let _ = write!(md, "\n## {package} `{bench}`\n\n{text}\n");
-        } else {
-            let _ = write!(md, "\n## {package} `{bench}`\n\n```text\n{text}```\n");
-        }
-    }
-    let path = out_dir.join("algo.md");
-    std::fs::write(&path, md).map_err(|e| format!("write {}: {e}", path.display()))?;
-    println!("bench: wrote {}", path.display());
     Ok(())
 }
 

@@ -32,7 +32,7 @@ commands:
   images                 build the container images offline: debian:bookworm-slim (debootstrap, if
                          missing), switchyard/envoy:<envoy version>, switchyard/upstream and one
                          switchyard/<filter> OCI image per filter (docs/docker.md)
-  bench [proxy|algo|memory|all] [--quick] ...
+  bench [proxy|algo|memory|hostcalls|all] [--quick] ...
                          benchmarks (docs/benchmarks.md); results in target/bench/
   demo [--check]         run 3 upstreams + Envoy with every filter on 127.0.0.1:10000 until Ctrl-C;
                          --check runs each filter's curl lines once and exits 0/1

@@ -1,9 +1,18 @@
-//! Cache decision costs (native, release): `cargo bench -p switchyard-cache --bench decide`.
-//! Key computation, the freshness decision for a stored response, and the store lookup a hit
-//! pays (the index read and decode, then the slot read and decode) at the default 1024 slots.
+//! Cache decision costs, with criterion (native, release):
+//! `cargo bench -p switchyard-cache --bench decide`.
+//!
+//! - `cache/key/primary`: the primary key (authority, path, sorted query minus 1 parameter,
+//!   1 header);
+//! - `cache/freshness/parsed_entry`: the freshness decision for a stored response (age +
+//!   `serve_decision` on a parsed entry);
+//! - `cache/freshness/from_headers`: the same from the response headers (parse `Cache-Control`,
+//!   `Date`, `ETag`, lifetime, decision);
+//! - `cache/store/lookup_hit`: the store lookup a hit pays (the index read and decode, then the
+//!   slot read and decode), 1024 slots full of 1 KiB bodies, in-memory shared data;
+//! - `cache/store/touch`: the LRU touch of a hit within the same second (no write).
 
+use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
-use std::time::Instant;
 use switchyard_cache::entry::Entry;
 use switchyard_cache::key::{KeySpec, QueryKey};
 use switchyard_cache::rfc::{
@@ -13,17 +22,7 @@ use switchyard_cache::store::{Eviction, Store, StoreConfig};
 use switchyard_core::shared::MemStore;
 use switchyard_core::RequestView;
 
-fn per_op(label: &str, iters: usize, mut op: impl FnMut(usize)) {
-    let start = Instant::now();
-    for i in 0..iters {
-        op(i);
-    }
-    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
-    println!("| {label} | {ns:.0} |");
-}
-
-fn main() {
-    println!("| operation | ns/op |\n|---|---|");
+fn decide(c: &mut Criterion) {
     let requests: Vec<RequestView> = (0..1024)
         .map(|i| {
             RequestView::new("GET", &format!("/products/{i}?b=2&a=1&utm_source=x"))
@@ -35,13 +34,15 @@ fn main() {
         query: QueryKey::Exclude(vec!["utm_source".to_owned()]),
         headers: vec!["accept-encoding".to_owned()],
     };
-    per_op(
-        "primary key (authority, path, sorted query minus 1 param, 1 header)",
-        1_000_000,
-        |i| {
-            black_box(spec.key(black_box(&requests[i & 1023])));
-        },
-    );
+    let mut i = 0usize;
+    let mut group = c.benchmark_group("cache/key");
+    group.bench_function("primary", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            spec.key(black_box(&requests[i & 1023]))
+        })
+    });
+    group.finish();
 
     let now_s = 1_700_000_000u64;
     let headers: Vec<(String, String)> = vec![
@@ -65,25 +66,27 @@ fn main() {
     let stored = ResponseFacts::from_headers(200, &headers);
     let clock = AgeClock::new(&stored, now_s * 1_000_000_000, now_s * 1_000_000_000);
     let lifetime = freshness_lifetime(&stored, &policy);
-    per_op(
-        "freshness decision (age + serve_decision on a parsed entry)",
-        5_000_000,
-        |i| {
-            let now = (now_s + (i % 900) as u64) * 1_000_000_000;
-            let age = clock.current_age(black_box(now));
-            black_box(serve_decision(&req_facts, &stored.cc, lifetime, age));
-        },
-    );
-    per_op(
-        "freshness from headers (parse Cache-Control/Date/ETag + lifetime + decision)",
-        1_000_000,
-        |i| {
+    // The response's age runs through 0..900 s: fresh, then stale within and past
+    // stale-while-revalidate.
+    let at = |i: usize| (now_s + (i % 900) as u64) * 1_000_000_000;
+    let mut group = c.benchmark_group("cache/freshness");
+    group.bench_function("parsed_entry", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let age = clock.current_age(black_box(at(i)));
+            serve_decision(&req_facts, &stored.cc, lifetime, age)
+        })
+    });
+    group.bench_function("from_headers", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
             let facts = ResponseFacts::from_headers(200, black_box(&headers));
             let lifetime = freshness_lifetime(&facts, &policy);
-            let age = clock.current_age((now_s + (i % 900) as u64) * 1_000_000_000);
-            black_box(serve_decision(&req_facts, &facts.cc, lifetime, age));
-        },
-    );
+            let age = clock.current_age(at(i));
+            serve_decision(&req_facts, &facts.cc, lifetime, age)
+        })
+    });
+    group.finish();
 
     let shared = MemStore::new();
     let cfg = StoreConfig {
@@ -112,14 +115,21 @@ fn main() {
         };
         let _ = store.insert(&entry, key.hash, 0, key.uri_hash, now_s * 1000, i as u64);
     }
-    per_op(
-        "store lookup, hit (1024 slots full, 1 KiB bodies; in-memory shared data)",
-        20_000,
-        |i| {
-            black_box(store.lookup(black_box(keys[i & 1023].hash)));
-        },
-    );
-    per_op("store touch (LRU, same second: no write)", 20_000, |i| {
-        store.touch(i & 1023, 0, now_s * 1000);
+    let mut group = c.benchmark_group("cache/store");
+    group.bench_function("lookup_hit", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            store.lookup(black_box(keys[i & 1023].hash))
+        })
     });
+    group.bench_function("touch", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            store.touch(black_box(i & 1023), 0, now_s * 1000)
+        })
+    });
+    group.finish();
 }
+
+criterion_group!(benches, decide);
+criterion_main!(benches);

@@ -1,11 +1,21 @@
-//! Lookup cost per algorithm at 10, 100 and 1000 hosts (native, release):
+//! Lookup and table build cost per algorithm at 10, 100 and 1000 hosts of weight 1, at the
+//! default settings (ring: `default_vnodes` points per host; Maglev: a table of
+//! `DEFAULT_TABLE_SIZE` entries), with criterion (native, release):
 //! `cargo bench -p switchyard-hashring --bench lookup`. Goal: ring primary < 100 ns at 1000 hosts.
+//!
+//! - `hashring/lookup/<algorithm>/<hosts>`: the key's primary host (the fast path);
+//! - `hashring/walk3/<algorithm>/<hosts>`: the key's first three distinct hosts (the walk that
+//!   bounded-load spill and health skips take);
+//! - `hashring/build/<algorithm>/<hosts>`: building the table (once per host-set change).
 
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 use std::hint::black_box;
-use std::time::Instant;
 use switchyard_core::hash::stable_hash64;
-use switchyard_hashring::config::{Algorithm, Host};
+use switchyard_hashring::config::{default_vnodes, Algorithm, Host, DEFAULT_TABLE_SIZE};
 use switchyard_hashring::table::Table;
+
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::Ring, Algorithm::Maglev, Algorithm::Rendezvous];
+const HOSTS: [usize; 3] = [10, 100, 1000];
 
 fn hosts(n: usize) -> Vec<Host> {
     (0..n)
@@ -16,40 +26,72 @@ fn hosts(n: usize) -> Vec<Host> {
         .collect()
 }
 
-fn main() {
-    let keys: Vec<u64> = (0..4096u64)
+/// The table a configuration with these hosts and no `vnodes` / `table_size` builds.
+fn table(a: Algorithm, hosts: &[Host]) -> Table {
+    Table::build(a, hosts, default_vnodes(hosts), DEFAULT_TABLE_SIZE)
+}
+
+/// 4096 key hashes, cycled through so the lookups do not all hit the same cache lines.
+fn keys() -> Vec<u64> {
+    (0..4096u64)
         .map(|i| stable_hash64(format!("user-{i}").as_bytes()))
-        .collect();
-    for n in [10usize, 100, 1000] {
+        .collect()
+}
+
+fn lookup(c: &mut Criterion) {
+    let keys = keys();
+    let mut group = c.benchmark_group("hashring/lookup");
+    for n in HOSTS {
         let h = hosts(n);
-        for a in [Algorithm::Ring, Algorithm::Maglev, Algorithm::Rendezvous] {
-            let build_start = Instant::now();
-            let table = Table::build(a, &h, 160, 65_537);
-            let build = build_start.elapsed();
-            let iters: usize = if a == Algorithm::Rendezvous && n >= 1000 {
-                20_000
-            } else {
-                2_000_000
-            };
-            let start = Instant::now();
-            let mut acc = 0usize;
-            for i in 0..iters {
-                acc = acc.wrapping_add(table.primary(black_box(keys[i & 4095])).unwrap_or(0));
-            }
-            let primary_ns = start.elapsed().as_nanos() as f64 / iters as f64;
-            let walk_iters = iters / 10;
-            let start = Instant::now();
-            for i in 0..walk_iters {
-                acc =
-                    acc.wrapping_add(table.walk(black_box(keys[i & 4095])).take(3).sum::<usize>());
-            }
-            let walk_ns = start.elapsed().as_nanos() as f64 / walk_iters as f64;
-            black_box(acc);
-            println!(
-                "{:<10} hosts={n:<5} build={:>8.2} ms  primary={primary_ns:>9.1} ns  first-3-walk={walk_ns:>9.1} ns",
-                a.name(),
-                build.as_secs_f64() * 1000.0
-            );
+        for a in ALGORITHMS {
+            let table = table(a, &h);
+            let mut i = 0usize;
+            group.bench_function(BenchmarkId::new(a.name(), n), |b| {
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    table.primary(black_box(keys[i & 4095]))
+                })
+            });
         }
     }
+    group.finish();
 }
+
+fn walk3(c: &mut Criterion) {
+    let keys = keys();
+    let mut group = c.benchmark_group("hashring/walk3");
+    for n in HOSTS {
+        let h = hosts(n);
+        for a in ALGORITHMS {
+            let table = table(a, &h);
+            let mut i = 0usize;
+            group.bench_function(BenchmarkId::new(a.name(), n), |b| {
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    table.walk(black_box(keys[i & 4095])).take(3).sum::<usize>()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hashring/build");
+    // Builds take up to about 100 ms: few samples with the same iteration count each,
+    // else criterion's default (100 samples of 1, 2, ... 100 iterations) takes minutes.
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
+    for n in HOSTS {
+        let h = hosts(n);
+        for a in ALGORITHMS {
+            group.bench_function(BenchmarkId::new(a.name(), n), |b| {
+                // The table is dropped outside the measurement.
+                b.iter_with_large_drop(|| table(a, black_box(&h)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookup, walk3, build);
+criterion_main!(benches);

@@ -1,10 +1,16 @@
-//! Decision cost per request (native, release, in-memory store with Envoy's CAS semantics):
-//! `cargo bench -p switchyard-ratelimit --bench decide`. It includes decoding and re-encoding
-//! the key's bucket (up to 16 entries), which is what every request pays inside Envoy besides
-//! the two shared-data host calls.
+//! Decision cost per request while keys keep arriving, with criterion (native, release, in-memory
+//! store with Envoy's CAS semantics): `cargo bench -p switchyard-ratelimit --bench decide`. It
+//! includes decoding and re-encoding the key's bucket (up to 16 entries), which is what every
+//! request pays inside Envoy besides the two shared-data host calls.
+//!
+//! - `ratelimit/decide/per_ip_3_gcra_new_keys`: rule `per-ip` (3 GCRA tiers), 200,000 client
+//!   addresses cycled through a 100,000-key table, so nearly every request is a key the table
+//!   does not hold (created, evicting another once the table is full);
+//! - `ratelimit/decide/per_user_sliding_window`: rule `per-user-endpoint` (sliding window,
+//!   100/1m) over 5,000 users on one path.
 
+use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
-use std::time::Instant;
 use switchyard_core::shared::{ensure_key, MemStore};
 use switchyard_core::RequestView;
 use switchyard_ratelimit::bucket::Bucket;
@@ -17,8 +23,11 @@ const CONFIG: &str = r#"{"max_keys": 100000, "rules": [
   {"name": "per-user-endpoint", "key": [{"header": "x-user-id"}, {"path": true}],
    "algorithm": "sliding_window", "limits": [{"requests": 100, "per": "1m"}]}]}"#;
 
-fn main() {
+const KEYS: usize = 200_000;
+
+fn decide(c: &mut Criterion) {
     let Ok(settings) = parse(CONFIG.as_bytes()) else {
+        eprintln!("invalid bench configuration");
         return;
     };
     let limiter = Limiter::new(settings, "bench");
@@ -26,8 +35,7 @@ fn main() {
     for i in 0..limiter.bucket_count() {
         let _ = ensure_key(&store, &limiter.bucket_key(i), &Bucket::default().encode());
     }
-    let keys = 200_000usize;
-    let requests: Vec<(RequestView, RequestView)> = (0..keys)
+    let requests: Vec<(RequestView, RequestView)> = (0..KEYS)
         .map(|i| {
             let ip = format!("10.{}.{}.{}:1000", i / 65536, (i / 256) % 256, i % 256);
             let user = format!("user-{}", i % 5000);
@@ -39,18 +47,26 @@ fn main() {
             )
         })
         .collect();
-    let t0 = 1_700_000_000_000_000_000u64;
-    for (label, pick) in [
-        ("per-ip (3 GCRA tiers)", 0usize),
-        ("per-user-endpoint (sliding 100/1m)", 1),
-    ] {
-        let n = requests.len();
-        let start = Instant::now();
-        for (i, pair) in requests.iter().enumerate() {
-            let req = if pick == 0 { &pair.0 } else { &pair.1 };
-            black_box(limiter.decide(&store, req, t0 + i as u64 * 1000));
-        }
-        let ns = start.elapsed().as_nanos() / n as u128;
-        println!("{label}: {ns} ns/request over {n} requests ({keys} keys, buckets filling up)");
-    }
+    // One request per simulated microsecond, the clock running on across both benchmarks.
+    let mut now = 1_700_000_000_000_000_000u64;
+    let mut i = 0usize;
+    let mut group = c.benchmark_group("ratelimit/decide");
+    group.bench_function("per_ip_3_gcra_new_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            now += 1000;
+            limiter.decide(&store, black_box(&requests[i].0), now)
+        })
+    });
+    group.bench_function("per_user_sliding_window", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            now += 1000;
+            limiter.decide(&store, black_box(&requests[i].1), now)
+        })
+    });
+    group.finish();
 }
+
+criterion_group!(benches, decide);
+criterion_main!(benches);

@@ -1,11 +1,16 @@
-//! Routing decision cost against table size (native, release):
+//! Routing decision cost against table size, with criterion (native, release):
 //! `cargo bench -p switchyard-router --bench decide`.
-//! Exact and prefix routes are indexed, so their cost should stay flat from 10 to 10 000 routes;
-//! regex routes are tried in order, so their cost grows with the table (shown for contrast).
+//!
+//! - `router/decide/prefix_exact/<routes>`: half prefix, half exact routes; these are indexed, so
+//!   their cost should stay flat from 10 to 10,000 routes;
+//! - `router/decide/regex/<routes>`: regex routes, tried in order, so their cost grows with the
+//!   table (shown for contrast).
+//!
+//! Each benchmark cycles through 64 requests that match routes spread over the table.
 
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::{json, Value};
 use std::hint::black_box;
-use std::time::Instant;
 use switchyard_core::RequestView;
 use switchyard_router::config::parse_router_config;
 use switchyard_router::table::Table;
@@ -47,18 +52,18 @@ fn regexes(n: usize) -> Table {
     )
 }
 
-fn measure(label: &str, t: &Table, reqs: &[RequestView]) {
-    let iters = 200_000;
-    let mut rng = || 0x9E37_79B9_7F4A_7C15u64;
-    let start = Instant::now();
-    for i in 0..iters {
-        black_box(t.decide(black_box(&reqs[i % reqs.len()]), &mut rng, false));
-    }
-    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
-    println!("{label:<28} {ns:>9.0} ns/decision");
-}
-
-fn main() {
+fn decide(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router/decide");
+    let mut measure = |kind: &str, n: usize, t: &Table, reqs: &[RequestView]| {
+        let mut rng = || 0x9E37_79B9_7F4A_7C15u64;
+        let mut i = 0usize;
+        group.bench_function(BenchmarkId::new(kind, n), |b| {
+            b.iter(|| {
+                i = (i + 1) % reqs.len();
+                t.decide(black_box(&reqs[i]), &mut rng, false)
+            })
+        });
+    };
     for n in [10usize, 100, 1000, 10_000] {
         let reqs: Vec<RequestView> = (0..64)
             .map(|k| {
@@ -71,12 +76,16 @@ fn main() {
                 RequestView::new("GET", &path)
             })
             .collect();
-        measure(&format!("prefix+exact, {n} routes"), &indexed(n), &reqs);
+        measure("prefix_exact", n, &indexed(n), &reqs);
     }
     for n in [10usize, 100, 1000] {
         let reqs: Vec<RequestView> = (0..64)
             .map(|k| RequestView::new("GET", &format!("/svc{}/abc", (k * 7919) % n)))
             .collect();
-        measure(&format!("regex, {n} routes"), &regexes(n), &reqs);
+        measure("regex", n, &regexes(n), &reqs);
     }
+    group.finish();
 }
+
+criterion_group!(benches, decide);
+criterion_main!(benches);

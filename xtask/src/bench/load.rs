@@ -1,7 +1,10 @@
 //! The built-in closed-loop load generator: a fixed number of keep-alive HTTP/1.1 connections,
 //! one std thread each, every thread sending its next request as soon as the previous answer is
-//! read. Used when `wrk` is not installed (xtask installs nothing silently), and always for the
-//! memory run because it varies keys per request.
+//! read. `bench proxy` uses it when `wrk` is not installed or with `--load builtin` (xtask
+//! installs nothing itself; see `wrk.rs` for the other backend), and the memory run always uses
+//! it because it stops after an exact number of requests, each with its own key.
+
+use super::wrk::Wrk;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -35,18 +38,94 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn rps(&self) -> f64 {
-        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// Latency percentile in milliseconds (nearest rank).
-    pub fn percentile_ms(&self, p: f64) -> f64 {
+    /// Latency percentile in microseconds (nearest rank; 0 without samples).
+    pub fn percentile_us(&self, p: f64) -> u64 {
         if self.latencies_us.is_empty() {
-            return 0.0;
+            return 0;
         }
         let rank = ((p / 100.0) * self.latencies_us.len() as f64).ceil() as usize;
         let idx = rank.clamp(1, self.latencies_us.len()) - 1;
-        f64::from(self.latencies_us[idx]) / 1000.0
+        u64::from(self.latencies_us[idx])
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            completed: self.completed,
+            elapsed: self.elapsed,
+            non_2xx: self.non_2xx,
+            errors: self.errors,
+            p50_us: self.percentile_us(50.0),
+            p99_us: self.percentile_us(99.0),
+        }
+    }
+}
+
+/// One timed load run as the proxy benchmark reports it, from either generator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Answers read (any status).
+    pub completed: u64,
+    pub elapsed: Duration,
+    /// Answers with a status outside 200..=299 (3xx included).
+    pub non_2xx: u64,
+    /// Transport errors: connect, read, write, timeout.
+    pub errors: u64,
+    /// Latency percentiles (nearest rank over the raw samples), microseconds.
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+impl Summary {
+    pub fn rps(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Which load generator drives the proxy benchmark.
+pub enum Generator {
+    Builtin,
+    Wrk(Wrk),
+}
+
+impl Generator {
+    /// `--load wrk|builtin`, or without it `wrk` when it was found on PATH.
+    pub fn select(choice: Option<&str>, found: Option<Wrk>) -> crate::util::Result<Generator> {
+        match (choice, found) {
+            (None | Some("wrk"), Some(wrk)) => Ok(Generator::Wrk(wrk)),
+            (None | Some("builtin"), _) => Ok(Generator::Builtin),
+            (Some("wrk"), None) => Err("--load wrk: no executable `wrk` on PATH (the benchmark \
+                installs nothing; install it, e.g. `apt-get install wrk`, or use --load builtin)"
+                .to_owned()),
+            (Some(other), _) => Err(format!("--load {other:?}: expected wrk or builtin")),
+        }
+    }
+
+    /// `wrk` or `builtin`, as recorded in proxy.json.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Generator::Builtin => "builtin",
+            Generator::Wrk(_) => "wrk",
+        }
+    }
+
+    /// How the report's header names the generator ("... connections from {label}").
+    pub fn label(&self, connections: usize) -> String {
+        match self {
+            Generator::Builtin => "the built-in load generator".to_owned(),
+            Generator::Wrk(wrk) => format!(
+                "wrk {} ({} threads)",
+                wrk.version,
+                super::wrk::threads(connections)
+            ),
+        }
+    }
+
+    /// The warm-up actually run: wrk's `-d` counts whole seconds.
+    pub fn warmup(&self, requested: Duration) -> Duration {
+        match self {
+            Generator::Builtin => requested,
+            Generator::Wrk(_) => Duration::from_secs(super::wrk::whole_seconds(requested)),
+        }
     }
 }
 
@@ -271,7 +350,7 @@ mod tests {
         // Each connection alternates 200 and 429, so about half are non-2xx.
         assert!((48..=52).contains(&out.non_2xx), "{}", out.non_2xx);
         assert_eq!(out.latencies_us.len(), 100);
-        assert!(out.percentile_ms(50.0) <= out.percentile_ms(99.0));
+        assert!(out.percentile_us(50.0) <= out.percentile_us(99.0));
     }
 
     #[test]
@@ -284,14 +363,63 @@ mod tests {
         assert_eq!(out.non_2xx, 0);
     }
 
+    fn fake_wrk() -> Wrk {
+        Wrk {
+            bin: "/usr/bin/wrk".into(),
+            version: "4.1.0".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_generator_is_wrk_when_found_unless_builtin_is_asked_for() {
+        let pick = |choice, found: Option<Wrk>| Generator::select(choice, found).map(|g| g.name());
+        assert_eq!(pick(None, Some(fake_wrk())), Ok("wrk"));
+        assert_eq!(pick(None, None), Ok("builtin"));
+        assert_eq!(pick(Some("builtin"), Some(fake_wrk())), Ok("builtin"));
+        assert_eq!(pick(Some("builtin"), None), Ok("builtin"));
+        assert_eq!(pick(Some("wrk"), Some(fake_wrk())), Ok("wrk"));
+        let missing = pick(Some("wrk"), None).unwrap_err();
+        assert!(missing.contains("no executable `wrk` on PATH"), "{missing}");
+        let unknown = pick(Some("ab"), None).unwrap_err();
+        assert!(unknown.contains("expected wrk or builtin"), "{unknown}");
+    }
+
+    #[test]
+    fn the_report_names_the_generator_and_the_warm_up_it_really_ran() {
+        let wrk = Generator::Wrk(fake_wrk());
+        assert_eq!(wrk.label(4), "wrk 4.1.0 (2 threads)");
+        assert_eq!(
+            wrk.warmup(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(Generator::Builtin.label(4), "the built-in load generator");
+        let half = Duration::from_millis(500);
+        assert_eq!(Generator::Builtin.warmup(half), half);
+    }
+
+    #[test]
+    fn summary_carries_the_outcome_figures() {
+        let out = Outcome {
+            completed: 4,
+            non_2xx: 1,
+            errors: 2,
+            elapsed: Duration::from_secs(2),
+            latencies_us: vec![100, 200, 300, 400],
+        };
+        let s = out.summary();
+        assert_eq!((s.completed, s.non_2xx, s.errors), (4, 1, 2));
+        assert_eq!((s.p50_us, s.p99_us), (200, 400));
+        assert_eq!(s.rps(), 2.0);
+    }
+
     #[test]
     fn percentiles_use_the_nearest_rank() {
         let out = Outcome {
             latencies_us: (1..=100).map(|i| i * 1000).collect(),
             ..Outcome::default()
         };
-        assert_eq!(out.percentile_ms(50.0), 50.0);
-        assert_eq!(out.percentile_ms(99.0), 99.0);
-        assert_eq!(Outcome::default().percentile_ms(99.0), 0.0);
+        assert_eq!(out.percentile_us(50.0), 50_000);
+        assert_eq!(out.percentile_us(99.0), 99_000);
+        assert_eq!(Outcome::default().percentile_us(99.0), 0);
     }
 }

@@ -2,7 +2,9 @@
 //! listener, the same three upstreams and the same clusters; only the HTTP filters and the route
 //! table differ, so the differences in CPU per request are the filters' cost.
 
-use crate::envoy_config::{wasm_filter_yaml, WasmFilter};
+use crate::envoy_config::{
+    static_cluster, wasm_filter_yaml, web_cluster, WasmFilter, CLUSTER_HEADER, OVERRIDE_HOST_HEADER,
+};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -20,8 +22,6 @@ const UNCACHEABLE_PATH: &str = "/nocache?k={n}";
 const UNCACHEABLE_SAME_KEY_PATH: &str = "/nocache";
 /// The chain's request: matches the last router route, misses the cache with varying keys.
 const CHAIN_PATH: &str = "/svc19/items?k={n}";
-const OVERRIDE_HOST_HEADER: &str = "x-upstream-host";
-const CLUSTER_HEADER: &str = "x-switchyard-cluster";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Routes {
@@ -33,6 +33,9 @@ pub enum Routes {
     Maglev,
     /// [`ROUTES`] native prefix routes to `web`.
     Native20,
+    /// Envoy answers 200 itself (`direct_response`): no upstream, so the host-call benchmark
+    /// sees only the filter's cost.
+    Direct,
 }
 
 pub struct Variant {
@@ -293,49 +296,16 @@ pub fn chain(dist: &Path, upstreams: &[u16; 3]) -> Vec<WasmFilter> {
     ]
 }
 
-fn endpoints(upstreams: &[u16; 3]) -> String {
-    upstreams.iter().fold(String::new(), |mut out, port| {
-        let _ = write!(
-            out,
-            "        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
-        );
-        out
-    })
-}
-
+/// The same `web` cluster as the demo (host override on `x-upstream-host`, round robin
+/// otherwise; without the demo's upstream filter that strips that header), plus the natively
+/// hashed clusters over the same three upstreams.
 fn clusters(upstreams: &[u16; 3]) -> String {
-    let eps = endpoints(upstreams);
-    let hashed = |name: &str, policy: &str| {
-        format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: {policy}\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{eps}"
-        )
-    };
-    format!(
-        r#"  - name: web
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: web
-      endpoints:
-      - lb_endpoints:
-{eps}    load_balancing_policy:
-      policies:
-      - typed_extension_config:
-          name: envoy.load_balancing_policies.override_host
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
-            override_host_sources:
-            - header: {OVERRIDE_HOST_HEADER}
-            fallback_policy:
-              policies:
-              - typed_extension_config:
-                  name: envoy.load_balancing_policies.round_robin
-                  typed_config:
-                    "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
-{}{}"#,
-        hashed("web_ring", "RING_HASH"),
-        hashed("web_maglev", "MAGLEV"),
-    )
+    [
+        web_cluster(upstreams, false),
+        static_cluster("web_ring", Some("RING_HASH"), upstreams),
+        static_cluster("web_maglev", Some("MAGLEV"), upstreams),
+    ]
+    .concat()
 }
 
 fn routes(kind: Routes) -> String {
@@ -350,6 +320,7 @@ fn routes(kind: Routes) -> String {
         ),
         Routes::RingHash => hashed("web_ring"),
         Routes::Maglev => hashed("web_maglev"),
+        Routes::Direct => "              - match: { prefix: \"/\" }\n                direct_response: { status: 200, body: { inline_string: \"ok\" } }\n".to_owned(),
         Routes::Native20 => (0..ROUTES).fold(String::new(), |mut out, i| {
             let _ = writeln!(
                 out,
@@ -360,6 +331,86 @@ fn routes(kind: Routes) -> String {
     }
 }
 
+/// Host calls the probe filter's `cost` mode makes per request in the host-call benchmark.
+pub const HOSTCALL_REPEAT: u32 = 20;
+
+/// The host-call benchmark: Envoy answering itself, without and with the no-op filter, and the
+/// probe's `cost` mode making one kind of host call [`HOSTCALL_REPEAT`] times per request.
+/// Names are `direct-<op>`; the op's price is its added CPU over `direct-noop` / the repeat.
+pub fn hostcalls(dist: &Path) -> Vec<Variant> {
+    let direct = |name, what, wasm| Variant {
+        name,
+        what,
+        wasm,
+        native: String::new(),
+        routes: Routes::Direct,
+        path: "/plain",
+        counterpart: None,
+    };
+    let cost = |op: &str, value_bytes: usize| {
+        vec![wasm(
+            dist,
+            "probe",
+            format!(
+                r#"{{"mode":"cost","op":"{op}","repeat":{HOSTCALL_REPEAT},"value_bytes":{value_bytes}}}"#
+            ),
+        )]
+    };
+    vec![
+        direct(
+            "direct-plain",
+            "Envoy answers 200 itself, no extra filter",
+            vec![],
+        ),
+        direct(
+            "direct-noop",
+            "the no-op wasm filter, Envoy answers 200",
+            vec![wasm(dist, "probe", r#"{"mode":"noop"}"#.to_owned())],
+        ),
+        direct(
+            "direct-time",
+            "proxy_get_current_time_nanoseconds",
+            cost("time", 0),
+        ),
+        direct(
+            "direct-header",
+            "one request header (`:path`)",
+            cost("header", 0),
+        ),
+        direct(
+            "direct-headers",
+            "all request headers (a map of ~6)",
+            cost("headers", 0),
+        ),
+        direct(
+            "direct-property",
+            "property `source.address`",
+            cost("property", 0),
+        ),
+        direct("direct-metric", "counter increment", cost("metric", 0)),
+        direct(
+            "direct-log",
+            "debug log line Envoy filters out",
+            cost("log_debug", 0),
+        ),
+        direct(
+            "direct-get-1k",
+            "shared data get, 1 KiB value",
+            cost("shared_get", 1024),
+        ),
+        direct(
+            "direct-get-64k",
+            "shared data get, 64 KiB value",
+            cost("shared_get", 65536),
+        ),
+        direct(
+            "direct-cas-1k",
+            "shared data get + CAS set, 1 KiB value",
+            cost("shared_cas", 1024),
+        ),
+    ]
+}
+
 /// The complete Envoy configuration of one variant.
 pub fn envoy_yaml(variant: &Variant, listener: u16, admin: u16, upstreams: &[u16; 3]) -> String {
     let wasm: String = variant
@@ -368,7 +419,7 @@ pub fn envoy_yaml(variant: &Variant, listener: u16, admin: u16, upstreams: &[u16
         .map(|f| wasm_filter_yaml(f, 10))
         .collect();
     format!(
-        r#"# Generated by `cargo xtask bench proxy` (variant {name}); edits are overwritten.
+        r#"# Generated by `cargo xtask bench` (variant {name}); edits are overwritten.
 admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
