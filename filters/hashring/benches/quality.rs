@@ -204,7 +204,7 @@ fn table_section() {
     println!("| hosts | vnodes | points | memory per VM | build (best of 3) | primary lookup |");
     println!("|---|---|---|---|---|---|");
     let keys = key_hashes(4096);
-    for n in [3usize, 10, 64, 65, 100, 1000, 1024] {
+    for n in [3usize, 10, 100, 128, 129, 1000, 1024] {
         let h = hosts(&vec![1; n]);
         let mut build_ms = f64::MAX;
         let mut table = DEFAULT.build(&h);
@@ -259,15 +259,15 @@ fn default_remap_section(keys: &[u64]) {
     }
     // The one place the default is not consistent: crossing a power of two of the total
     // weight halves every host's points.
-    let all = hosts(&[1; 65]);
-    let (add, exact) = remap(DEFAULT, &all[..64], &all, keys);
+    let all = hosts(&[1; 129]);
+    let (add, exact) = remap(DEFAULT, &all[..128], &all, keys);
     println!(
-        "\nStep of the default `vnodes` (64 → 65 hosts of weight 1: vnodes {} → {}): \
+        "\nStep of the default `vnodes` (128 → 129 hosts of weight 1: vnodes {} → {}): \
          {add:.4} of the keys move (exact {}), vs the ideal {:.4}.\n",
-        default_vnodes(&all[..64]),
+        default_vnodes(&all[..128]),
         default_vnodes(&all),
         exact.map_or("—".to_owned(), |e| format!("{e:.4}")),
-        1.0 / 65.0
+        1.0 / 129.0
     );
 }
 
