@@ -7,8 +7,9 @@
 //!   `serve_decision` on a parsed entry);
 //! - `cache/freshness/from_headers`: the same from the response headers (parse `Cache-Control`,
 //!   `Date`, `ETag`, lifetime, decision);
-//! - `cache/store/lookup_hit`: the store lookup a hit pays (the index read and decode, then the
-//!   slot read and decode), 1024 slots full of 1 KiB bodies, in-memory shared data;
+//! - `cache/store/lookup_hit`: the store lookup a hit pays (the key's bucket read and decode, at
+//!   most 16 slot records or 904 bytes, then the slot read and decode), 1024 slots full of 1 KiB
+//!   bodies, in-memory shared data;
 //! - `cache/store/touch`: the LRU touch of a hit within the same second (no write).
 
 use criterion::{criterion_group, criterion_main, Criterion};
