@@ -38,9 +38,11 @@ fn keys() -> Vec<u64> {
         .collect()
 }
 
-fn lookup(c: &mut Criterion) {
+/// Benchmarks `query` on every algorithm's table at every host count, as group `name`, cycling
+/// through the 4096 keys.
+fn per_key(c: &mut Criterion, name: &str, query: impl Fn(&Table, u64) -> usize) {
     let keys = keys();
-    let mut group = c.benchmark_group("hashring/lookup");
+    let mut group = c.benchmark_group(name);
     for n in HOSTS {
         let h = hosts(n);
         for a in ALGORITHMS {
@@ -49,7 +51,7 @@ fn lookup(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(a.name(), n), |b| {
                 b.iter(|| {
                     i = i.wrapping_add(1);
-                    table.primary(black_box(keys[i & 4095]))
+                    query(&table, black_box(keys[i & 4095]))
                 })
             });
         }
@@ -57,23 +59,16 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
+fn lookup(c: &mut Criterion) {
+    per_key(c, "hashring/lookup", |table, key| {
+        table.primary(key).unwrap_or(usize::MAX)
+    });
+}
+
 fn walk3(c: &mut Criterion) {
-    let keys = keys();
-    let mut group = c.benchmark_group("hashring/walk3");
-    for n in HOSTS {
-        let h = hosts(n);
-        for a in ALGORITHMS {
-            let table = table(a, &h);
-            let mut i = 0usize;
-            group.bench_function(BenchmarkId::new(a.name(), n), |b| {
-                b.iter(|| {
-                    i = i.wrapping_add(1);
-                    table.walk(black_box(keys[i & 4095])).take(3).sum::<usize>()
-                })
-            });
-        }
-    }
-    group.finish();
+    per_key(c, "hashring/walk3", |table, key| {
+        table.walk(key).take(3).sum::<usize>()
+    });
 }
 
 fn build(c: &mut Criterion) {

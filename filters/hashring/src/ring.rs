@@ -234,6 +234,15 @@ fn radix_sort(keys: &mut Vec<u64>, owners: &mut Vec<u32>) {
 mod tests {
     use super::*;
 
+    /// The built ring as (hash, owner) pairs in ring order.
+    fn pairs(ring: &Ring) -> Vec<(u64, u32)> {
+        ring.points
+            .iter()
+            .copied()
+            .zip(ring.owners.iter().copied())
+            .collect()
+    }
+
     /// The ring as first specified: `format!` names and a comparison sort of (hash, owner).
     fn reference_points(hosts: &[Host], vnodes: u32) -> Vec<(u64, u32)> {
         let mut pairs = Vec::new();
@@ -264,13 +273,7 @@ mod tests {
                 n < 40 || reference.len() >= RADIX_SORT_MIN,
                 "radix path not covered"
             );
-            let got: Vec<(u64, u32)> = ring
-                .points
-                .iter()
-                .copied()
-                .zip(ring.owners.iter().copied())
-                .collect();
-            assert_eq!(got, reference, "n={n} vnodes={vnodes}");
+            assert_eq!(pairs(&ring), reference, "n={n} vnodes={vnodes}");
         }
         // Equal hashes break ties by host index: a listed-twice address (weights 1 and 2)
         // collides on every point of its first entry.
@@ -283,12 +286,7 @@ mod tests {
             .collect();
         for vnodes in [50u32, 5000] {
             let ring = Ring::build(&twice, vnodes);
-            let got: Vec<(u64, u32)> = ring
-                .points
-                .iter()
-                .copied()
-                .zip(ring.owners.iter().copied())
-                .collect();
+            let got = pairs(&ring);
             assert_eq!(got, reference_points(&twice, vnodes), "vnodes={vnodes}");
             assert!(got.windows(2).any(|w| w[0].0 == w[1].0 && w[0].1 < w[1].1));
         }
