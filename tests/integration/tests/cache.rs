@@ -268,14 +268,22 @@ fn stale_entry_is_revalidated_with_304_and_client_conditionals_get_304() {
 #[test]
 fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     let up = Upstream::start("u1").unwrap();
-    let envoy = start(&up, config());
-    let path = format!("/swr?{}", cc("max-age=1, stale-while-revalidate=600"));
+    // One worker: background refreshes are deduplicated per worker (README, cache limits), and
+    // this test counts them exactly.
+    let envoy = Envoy::builder()
+        .concurrency(1)
+        .wasm_filter("cache", config())
+        .cluster("web", [up.addr()])
+        .start();
+    // max-age 3: the refreshed entry stays fresh for at least 2 s (Date has 1 s resolution),
+    // long enough for the HIT below even on a slow machine.
+    let path = format!("/swr?{}", cc("max-age=3, stale-while-revalidate=600"));
     assert_eq!(x_cache(&envoy.get(&path).send()), "MISS");
-    // Past the 1 s of freshness (Age >= 2), well inside the 600 s window.
-    std::thread::sleep(Duration::from_millis(2100));
+    // Past the 3 s of freshness (Age >= 4), well inside the 600 s window.
+    std::thread::sleep(Duration::from_millis(4100));
     let stale = envoy.get(&path).send();
     assert_eq!((stale.status, x_cache(&stale)), (200, "STALE"));
-    assert!(age(&stale) >= 2);
+    assert!(age(&stale) >= 4);
     // The refresh happens without a client waiting for it.
     assert!(eventually(Duration::from_secs(10), || up
         .count_path("/swr")
