@@ -6,40 +6,19 @@
 use switchyard_cache::entry::Entry;
 use switchyard_cache::store::{Eviction, Store, StoreConfig};
 use switchyard_core::shared::MemStore;
+use switchyard_core::zipf::zipf_ranks;
 
 const KEY_SPACE: usize = 5_000;
 const REQUESTS: usize = 60_000;
 const WARMUP: usize = 10_000;
 const ZIPF_S: f64 = 1.1;
 
-/// Deterministic xorshift64* so every run replays the same trace.
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Zipf(s) ranks over `0..n` by inverse CDF; rank r is mapped to a scattered key so popularity
-/// does not follow insertion order.
+/// Zipf(s) ranks over `0..n` (`switchyard_core::zipf`); rank r is mapped to a scattered key so
+/// popularity does not follow insertion order.
 fn zipf_trace(n: usize, len: usize, s: f64, seed: u64) -> Vec<u64> {
-    let mut cdf = Vec::with_capacity(n);
-    let mut total = 0.0;
-    for r in 1..=n {
-        total += 1.0 / (r as f64).powf(s);
-        cdf.push(total);
-    }
-    let mut rng = Rng(seed | 1);
-    (0..len)
-        .map(|_| {
-            let u = rng.unit() * total;
-            let rank = cdf.partition_point(|c| *c < u).min(n - 1) as u64;
-            rank.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
-        })
+    zipf_ranks(n, len, s, seed)
+        .into_iter()
+        .map(|rank| (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
         .collect()
 }
 

@@ -15,6 +15,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod request;
 pub mod shared;
+pub mod zipf;
 
 pub use config::{parse_config, ConfigError};
 pub use duration::Duration;

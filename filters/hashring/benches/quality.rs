@@ -21,6 +21,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 use switchyard_core::hash::stable_hash64;
+use switchyard_core::zipf::zipf_ranks;
 use switchyard_hashring::config::{
     default_vnodes, Algorithm, Host, DEFAULT_TABLE_SIZE, DEFAULT_VNODES,
 };
@@ -76,34 +77,12 @@ fn key_hashes(n: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Deterministic xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// `len` requests whose keys follow Zipf(s) over `n` distinct keys.
+/// `len` requests whose keys follow Zipf(s) over `n` distinct keys (`switchyard_core::zipf`).
 fn zipf_requests(n: usize, len: usize, s: f64) -> Vec<u64> {
-    let mut cdf = Vec::with_capacity(n);
-    let mut total = 0.0;
-    for r in 1..=n {
-        total += 1.0 / (r as f64).powf(s);
-        cdf.push(total);
-    }
     let hashes = key_hashes(n);
-    let mut rng = Rng(0x5EED);
-    (0..len)
-        .map(|_| {
-            // One uniform draw per request, inverted through the CDF.
-            let u = rng.unit() * total;
-            hashes[cdf.partition_point(|c| *c < u).min(n - 1)]
-        })
+    zipf_ranks(n, len, s, 0x5EED)
+        .into_iter()
+        .map(|rank| hashes[rank])
         .collect()
 }
 
