@@ -180,9 +180,6 @@ pub struct Config {
     pub no_key: NoKey,
 }
 
-/// The fixed `vnodes` default of versions before the ring was sized per host set (kept for
-/// benchmarks comparing against it; omitting `vnodes` now means [`default_vnodes`]).
-pub const DEFAULT_VNODES: u32 = 160;
 pub const DEFAULT_FALLBACKS: u32 = 2;
 pub const DEFAULT_OUTPUT_HEADER: &str = "x-upstream-host";
 
