@@ -1,6 +1,6 @@
 //! A stored response and its compact binary encoding in a shared-data slot.
 
-use crate::rfc::AgeClock;
+use crate::rfc::{AgeClock, Field};
 
 const VERSION: u8 = 1;
 
@@ -15,7 +15,7 @@ pub struct Entry {
     pub vary: Vec<(String, Option<String>)>,
     pub status: u16,
     /// Response headers as stored (no hop-by-hop fields, no `Age`, no cache status fields).
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<Field>,
     pub body: Vec<u8>,
     pub clock: AgeClock,
     /// Purge tags from `Cache-Tag` / `Surrogate-Key`.
@@ -98,7 +98,7 @@ impl Entry {
         w.u32(self.headers.len() as u32);
         for (n, v) in &self.headers {
             w.bytes(n.as_bytes());
-            w.bytes(v.as_bytes());
+            w.bytes(v);
         }
         w.u64(self.clock.initial_age);
         w.u64(self.clock.response_time);
@@ -144,7 +144,7 @@ impl Entry {
         let n = r.u32()? as usize;
         let mut headers = Vec::with_capacity(n.min(256));
         for _ in 0..n {
-            headers.push((r.string()?, r.string()?));
+            headers.push((r.string()?, r.bytes()?.to_vec()));
         }
         let clock = AgeClock {
             initial_age: r.u64()?,
@@ -171,18 +171,11 @@ impl Entry {
         ))
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -200,7 +193,10 @@ mod tests {
                 ("x".into(), None),
             ],
             status: 200,
-            headers: vec![("content-type".into(), "text/plain".into())],
+            headers: vec![
+                ("content-type".into(), b"text/plain".to_vec()),
+                ("x-obs".into(), b"caf\xe9".to_vec()),
+            ],
             body: b"hello".to_vec(),
             clock: AgeClock {
                 initial_age: 5,

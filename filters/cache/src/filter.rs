@@ -8,16 +8,16 @@ use crate::locks::{Acquire, Locks};
 use crate::respond::{self, Outcome};
 use crate::rfc::{
     authorization_allows, freshness_lifetime, not_modified, serve_decision, stale_if_error_allows,
-    storable, AgeClock, Policy, RequestFacts, ResponseFacts, Serve,
+    storable, AgeClock, Field, Policy, RequestFacts, ResponseFacts, Serve,
 };
 use crate::store::{Hit, InsertError, Store, StoreConfig};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
+use switchyard_core::abi::{Buffer, Map};
 use switchyard_core::hash::stable_hash64;
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::metrics::Metrics;
@@ -152,7 +152,8 @@ impl Runtime {
 
     /// Answers the current (effective) context from `entry`: a 304 if the client's conditional
     /// matches, else the stored response with `Age`, `Cache-Status` and `x-cache`.
-    fn serve(&self, view: &RequestView, entry: &Entry, now: u64, stale: bool) {
+    /// Returns whether the host took the reply.
+    fn serve(&self, view: &RequestView, entry: &Entry, now: u64, stale: bool) -> bool {
         let (_, lifetime, age) = self.lifetime_and_age(entry, now);
         let ttl = i64::try_from(lifetime).unwrap_or(i64::MAX) - i64::try_from(age).unwrap_or(0);
         let outcome = Outcome::Hit { ttl, stale };
@@ -165,14 +166,10 @@ impl Runtime {
             entry.header("last-modified"),
         ) {
             let h = respond::not_modified_headers(entry, age, &outcome, name);
-            let _ = hostcalls::send_http_response(304, pairs(&h), None);
+            reply(304, &h, &[])
         } else {
             let h = respond::served_headers(entry, age, &outcome, name);
-            let _ = hostcalls::send_http_response(
-                u32::from(entry.status),
-                pairs(&h),
-                Some(&entry.body),
-            );
+            reply(u32::from(entry.status), &h, &entry.body)
         }
     }
 
@@ -182,16 +179,17 @@ impl Runtime {
         key: &CacheKey,
         view: &RequestView,
         status: u16,
-        headers: &[(String, String)],
+        headers: &[Field],
         request_time: u64,
         now: u64,
     ) -> Entry {
         let facts = ResponseFacts::from_headers(status, headers);
-        let vary_list: Vec<&str> = headers
+        let vary_text: Vec<String> = headers
             .iter()
             .filter(|(k, _)| k == "vary")
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .collect();
+        let vary_list: Vec<&str> = vary_text.iter().map(String::as_str).collect();
         Entry {
             key: key.text.clone(),
             path: view.path().to_string(),
@@ -205,27 +203,34 @@ impl Runtime {
     }
 }
 
-fn pairs(h: &[(String, String)]) -> Vec<(&str, &str)> {
-    h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+/// Answers the current (effective) context locally; whether the host took the reply.
+fn reply(status: u32, headers: &[Field], body: &[u8]) -> bool {
+    let h: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    host::send_local_response(status, "switchyard_cache", &h, body)
 }
 
-fn lower(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+/// A header map as fields with lower-case names.
+fn lower(headers: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Field> {
     headers
         .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
         .collect()
 }
 
-fn status_of(headers: &[(String, String)]) -> u16 {
+fn status_of(headers: &[Field]) -> u16 {
     headers
         .iter()
         .find(|(k, _)| k == ":status")
-        .and_then(|(_, v)| v.parse().ok())
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
 /// Response facts with the receipt time standing in for a missing `Date` (RFC 9110 §6.6.1).
-fn facts_with_date(status: u16, headers: &[(String, String)], now: u64) -> ResponseFacts {
+fn facts_with_date(status: u16, headers: &[Field], now: u64) -> ResponseFacts {
     let mut f = ResponseFacts::from_headers(status, headers);
     if f.date.is_none() {
         f.date = Some(now / 1_000_000_000);
@@ -264,24 +269,29 @@ impl CacheRoot {
                     serve_decision(&w.facts, &facts.cc, lifetime, age),
                     Serve::Fresh | Serve::StaleAllowed
                 ) && (!w.facts.has_authorization || authorization_allows(&facts.cc));
-                if usable && hostcalls::set_effective_context(w.context_id).is_ok() {
-                    rt.metrics.inc("coalesced");
+                if usable && host::set_effective_context(w.context_id) {
                     rt.state.borrow_mut().served.insert(w.context_id);
-                    rt.serve(&w.view, &entry, now, age >= lifetime);
+                    if rt.serve(&w.view, &entry, now, age >= lifetime) {
+                        rt.metrics.inc("coalesced");
+                        continue;
+                    }
+                    // The host refused the reply: let the request go upstream.
+                    rt.state.borrow_mut().served.remove(&w.context_id);
+                    host::resume_request();
                     continue;
                 }
             }
             if now_ms >= w.deadline_ms || !rt.locks().held(w.key.hash, now_ms) {
                 // The leader is done without a usable entry, or we waited long enough.
-                if hostcalls::set_effective_context(w.context_id).is_ok() {
-                    let _ = hostcalls::resume_http_request();
+                if host::set_effective_context(w.context_id) {
+                    host::resume_request();
                 }
             } else {
                 keep.push(w);
             }
         }
         rt.state.borrow_mut().waiters.extend(keep);
-        let _ = hostcalls::set_effective_context(self.context_id);
+        host::set_effective_context(self.context_id);
     }
 
     fn run_background(&self, rt: &Runtime, now: u64) {
@@ -290,11 +300,11 @@ impl CacheRoot {
         };
         let queued = std::mem::take(&mut rt.state.borrow_mut().queued);
         for mut bg in queued {
-            let mut headers: Vec<(String, String)> = vec![
-                (":method".into(), "GET".into()),
-                (":path".into(), bg.view.raw_path().to_string()),
-                (":authority".into(), bg.view.authority().to_string()),
-                (":scheme".into(), "http".into()),
+            let mut headers: Vec<Field> = vec![
+                (":method".into(), b"GET".to_vec()),
+                (":path".into(), bg.view.raw_path().as_bytes().to_vec()),
+                (":authority".into(), bg.view.authority().as_bytes().to_vec()),
+                (":scheme".into(), b"http".to_vec()),
             ];
             for (k, v) in bg.view.headers() {
                 if !matches!(
@@ -312,19 +322,19 @@ impl CacheRoot {
                 }
             }
             if let Some(etag) = bg.stale.header("etag") {
-                headers.push(("if-none-match".into(), etag.to_string()));
+                headers.push(("if-none-match".into(), etag.to_vec()));
             }
             if let Some(lm) = bg.stale.header("last-modified") {
-                headers.push(("if-modified-since".into(), lm.to_string()));
+                headers.push(("if-modified-since".into(), lm.to_vec()));
             }
             bg.request_time = now;
-            match hostcalls::dispatch_http_call(
-                cluster,
-                pairs(&headers),
-                None,
-                vec![],
-                rt.cfg.upstream_timeout.std(),
-            ) {
+            let pairs: Vec<(&str, &[u8])> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            let timeout_ms =
+                u32::try_from(rt.cfg.upstream_timeout.std().as_millis()).unwrap_or(u32::MAX);
+            match switchyard_core::abi::http_call(cluster, &pairs, &[], timeout_ms) {
                 Ok(token) => {
                     rt.state.borrow_mut().in_flight.insert(token, bg);
                 }
@@ -356,7 +366,7 @@ impl Context for CacheRoot {
             return;
         }
         let now = host::now_nanos();
-        let headers = lower(self.get_http_call_response_headers());
+        let headers = lower(host::http_call_headers());
         let status = status_of(&headers);
         if status == 304 {
             let mut fresh = bg.stale.clone();
@@ -380,9 +390,7 @@ impl Context for CacheRoot {
             {
                 let mut entry =
                     rt.build_entry(&bg.key, &bg.view, status, &headers, bg.request_time, now);
-                entry.body = self
-                    .get_http_call_response_body(0, body_size)
-                    .unwrap_or_default();
+                entry.body = host::http_call_body(body_size).unwrap_or_default();
                 rt.insert(&entry, &bg.key, now);
             }
         }
@@ -435,7 +443,7 @@ impl RootContext for CacheRoot {
         rt.metrics.define_gauge("bytes_in_use");
         rt.metrics.define_gauge("entries");
         rt.update_gauges();
-        self.set_tick_period(TICK);
+        host::set_tick_period(TICK);
         self.rt = Some(Rc::new(rt));
         true
     }
@@ -509,15 +517,19 @@ impl CacheHttp {
 
     fn local(&mut self, status: u32, outcome: Outcome, rt: &Runtime, body: &str) -> Action {
         let cs = outcome.cache_status(&rt.cfg.cache_status_name);
-        let _ = hostcalls::send_http_response(
+        let sent = host::send_local_response(
             status,
-            vec![
-                ("cache-status", cs.as_str()),
-                ("x-cache", outcome.x_cache()),
-                ("content-type", "text/plain"),
+            "switchyard_cache",
+            &[
+                ("cache-status", cs.as_bytes()),
+                ("x-cache", outcome.x_cache().as_bytes()),
+                ("content-type", b"text/plain"),
             ],
-            Some(body.as_bytes()),
+            body.as_bytes(),
         );
+        if !sent {
+            return Action::Continue;
+        }
         self.stage = Stage::Served;
         Action::Pause
     }
@@ -531,7 +543,7 @@ impl CacheHttp {
         };
         let token_ok = view
             .header(&p.token_header)
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), p.token.as_bytes()));
+            .is_some_and(|t| constant_time_eq(t, p.token.as_bytes()));
         if !token_ok {
             rt.metrics.inc("purge_denied");
             return self.local(403, outcome, rt, "purge: missing or wrong token\n");
@@ -558,7 +570,7 @@ impl CacheHttp {
                 (None, None, Some(url)) => {
                     let mut target = RequestView::new("GET", url).with_authority(view.authority());
                     for (k, v) in view.headers() {
-                        target = target.with_header(k, v);
+                        target = target.with_header_bytes(k, v);
                     }
                     (None, None, Some(target))
                 }
@@ -572,7 +584,7 @@ impl CacheHttp {
                 }
             }
         } else if let Some(t) = view.header_joined(&p.tag_header) {
-            (Some(split_tags(&t)), None, None)
+            (Some(split_tags(&String::from_utf8_lossy(&t))), None, None)
         } else if let Some(pre) = view.path().strip_suffix('*') {
             (None, Some(pre.to_string()), None)
         } else {
@@ -622,13 +634,17 @@ impl CacheHttp {
             match decision {
                 Serve::Fresh | Serve::StaleAllowed => {
                     rt.store().touch_seen(slot, &meta, now / NS_PER_MS);
-                    rt.serve(&req.view, &entry, now, decision == Serve::StaleAllowed);
+                    if !rt.serve(&req.view, &entry, now, decision == Serve::StaleAllowed) {
+                        return Action::Continue;
+                    }
                     self.stage = Stage::Served;
                     return Action::Pause;
                 }
                 Serve::StaleWhileRevalidate => {
                     rt.store().touch_seen(slot, &meta, now / NS_PER_MS);
-                    rt.serve(&req.view, &entry, now, true);
+                    if !rt.serve(&req.view, &entry, now, true) {
+                        return Action::Continue;
+                    }
                     let mut st = rt.state.borrow_mut();
                     if st.in_flight_keys.insert(req.key.hash) {
                         st.queued.push(Background {
@@ -657,11 +673,11 @@ impl CacheHttp {
                     let mut ours = false;
                     if !client_conditional {
                         if let Some(etag) = entry.header("etag") {
-                            self.set_http_request_header("if-none-match", Some(etag));
+                            host::set_header(Map::RequestHeaders, "if-none-match", Some(etag));
                             ours = true;
                         }
                         if let Some(lm) = entry.header("last-modified") {
-                            self.set_http_request_header("if-modified-since", Some(lm));
+                            host::set_header(Map::RequestHeaders, "if-modified-since", Some(lm));
                             ours = true;
                         }
                     }
@@ -713,11 +729,13 @@ impl CacheHttp {
     }
 
     fn set_status_headers(&self, rt: &Runtime, outcome: &Outcome) {
-        self.set_http_response_header(
-            "cache-status",
-            Some(&outcome.cache_status(&rt.cfg.cache_status_name)),
+        let cs = outcome.cache_status(&rt.cfg.cache_status_name);
+        host::set_header(Map::ResponseHeaders, "cache-status", Some(cs.as_bytes()));
+        host::set_header(
+            Map::ResponseHeaders,
+            "x-cache",
+            Some(outcome.x_cache().as_bytes()),
         );
-        self.set_http_response_header("x-cache", Some(outcome.x_cache()));
     }
 
     /// Decides whether to store the forwarded response and starts collecting its body.
@@ -726,7 +744,7 @@ impl CacheHttp {
         rt: &Runtime,
         fwd: &'static str,
         status: u16,
-        headers: &[(String, String)],
+        headers: &[Field],
         now: u64,
     ) {
         let Some(req) = &self.req else { return };
@@ -745,7 +763,8 @@ impl CacheHttp {
         let content_length = headers
             .iter()
             .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let too_large = content_length.is_some_and(|n| n > rt.cfg.max_entry_bytes);
         let verdict = if too_large {
             verdict.and(Err("too-large"))
@@ -754,9 +773,8 @@ impl CacheHttp {
         };
         match verdict {
             Ok(()) => {
-                let mut entry =
+                let entry =
                     rt.build_entry(&req.key, &req.view, status, headers, req.request_time, now);
-                entry.body.reserve(content_length.unwrap_or(0) as usize);
                 self.collect = Some(Collect { entry });
                 if let Outcome::Forward { stored, .. } = &mut outcome {
                     *stored = content_length.is_some();
@@ -782,7 +800,7 @@ impl CacheHttp {
         self.release_lock(rt);
     }
 
-    fn invalidate(&self, rt: &Runtime, status: u16, headers: &[(String, String)]) {
+    fn invalidate(&self, rt: &Runtime, status: u16, headers: &[Field]) {
         // RFC 9111 §4.4: only after a non-error response.
         if !(200..400).contains(&status) {
             return;
@@ -794,7 +812,9 @@ impl CacheHttp {
         let mut uris = vec![uri_hash(&authority, view.path())];
         for (k, v) in headers {
             if k == "location" || k == "content-location" {
-                if let Some(p) = respond::same_authority_path(v, &authority) {
+                if let Some(p) =
+                    respond::same_authority_path(&String::from_utf8_lossy(v), &authority)
+                {
                     uris.push(uri_hash(&authority, &p));
                 }
             }
@@ -814,7 +834,7 @@ impl HttpContext for CacheHttp {
         let Some(rt) = self.rt.clone() else {
             return Action::Continue;
         };
-        let view = host::request_view(self);
+        let view = host::request_view();
         let now = host::now_nanos();
         let method = view.method().to_ascii_uppercase();
         if let Some(p) = &rt.cfg.purge {
@@ -874,7 +894,7 @@ impl HttpContext for CacheHttp {
             return Action::Continue;
         }
         let now = host::now_nanos();
-        let headers = lower(self.get_http_response_headers());
+        let headers = lower(host::headers(Map::ResponseHeaders));
         let status = status_of(&headers);
         match std::mem::replace(&mut self.stage, Stage::Pass(None)) {
             Stage::Pass(outcome) => {
@@ -915,18 +935,18 @@ impl HttpContext for CacheHttp {
                         detail: None,
                     };
                     let h = respond::served_headers(&fresh, age, &o, &rt.cfg.cache_status_name);
-                    let _ = hostcalls::send_http_response(
-                        u32::from(fresh.status),
-                        pairs(&h),
-                        Some(&fresh.body),
-                    );
+                    if !reply(u32::from(fresh.status), &h, &fresh.body) {
+                        return Action::Continue;
+                    }
                     self.stage = Stage::Served;
                     return Action::Pause;
                 }
                 let (rfacts, lifetime, age) = rt.lifetime_and_age(&entry, now);
                 if status >= 500 && stale_if_error_allows(&req.facts, &rfacts.cc, lifetime, age) {
                     let view = req.view.clone();
-                    rt.serve(&view, &entry, now, true);
+                    if !rt.serve(&view, &entry, now, true) {
+                        return Action::Continue;
+                    }
                     self.stage = Stage::Served;
                     return Action::Pause;
                 }
@@ -945,8 +965,9 @@ impl HttpContext for CacheHttp {
             return Action::Continue;
         }
         if body_size > 0 {
-            let chunk = self
-                .get_http_response_body(0, body_size)
+            let chunk = switchyard_core::abi::buffer(Buffer::ResponseBody, 0, body_size)
+                .ok()
+                .flatten()
                 .unwrap_or_default();
             let too_large = match &mut self.collect {
                 Some(c) => {

@@ -2,7 +2,7 @@
 //! headers) and the `Vary` secondary key.
 
 use switchyard_core::hash::stable_hash64;
-use switchyard_core::request::percent_decode;
+use switchyard_core::request::{key_text, percent_decode};
 use switchyard_core::RequestView;
 
 /// Which query parameters are part of the key.
@@ -94,8 +94,14 @@ impl KeySpec {
         for h in &self.headers {
             text.push('\n');
             text.push_str(h);
-            text.push(':');
-            text.push_str(&req.header_joined(h).unwrap_or_default());
+            // An absent header is not an empty one; bytes that are not text are keyed in hex.
+            match req.header_joined(h) {
+                Some(v) => {
+                    text.push(':');
+                    text.push_str(&key_text(&v));
+                }
+                None => text.push('!'),
+            }
         }
         CacheKey {
             hash: stable_hash64(text.as_bytes()),
@@ -125,9 +131,10 @@ pub fn vary_values(names: &[String], req: &RequestView) -> Vec<(String, Option<S
     names
         .iter()
         .map(|n| {
-            let v = req
-                .header_joined(n)
-                .map(|v| v.split(',').map(|p| p.trim()).collect::<Vec<_>>().join(","));
+            let v = req.header_joined(n).map(|v| {
+                let v = key_text(&v);
+                v.split(',').map(|p| p.trim()).collect::<Vec<_>>().join(",")
+            });
             (n.clone(), v)
         })
         .collect()

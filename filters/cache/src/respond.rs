@@ -2,7 +2,8 @@
 
 use crate::entry::Entry;
 use crate::key::normalise_authority;
-use crate::rfc::format_http_date;
+use crate::rfc::{format_http_date, Field};
+use switchyard_core::request::text;
 
 /// Fields that describe one connection, never stored or replayed (RFC 9110 §7.6.1), plus
 /// fields this filter sets itself on every response.
@@ -31,13 +32,18 @@ const NOT_UPDATED_BY_304: &[&str] = &[
 
 /// The headers to store for a response: no pseudo-headers, no connection-specific fields, no
 /// `Set-Cookie` (never replayed to other users), and a `Date` if the origin sent none.
-pub fn stored_headers(headers: &[(String, String)], now_secs: u64) -> Vec<(String, String)> {
+pub fn stored_headers(headers: &[Field], now_secs: u64) -> Vec<Field> {
     let connection_listed: Vec<String> = headers
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .flat_map(|(_, v)| {
+            text(v)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
         .collect();
-    let mut out: Vec<(String, String)> = headers
+    let mut out: Vec<Field> = headers
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .filter(|(k, _)| {
@@ -49,22 +55,22 @@ pub fn stored_headers(headers: &[(String, String)], now_secs: u64) -> Vec<(Strin
         })
         .collect();
     if !out.iter().any(|(k, _)| k == "date") {
-        out.push(("date".into(), format_http_date(now_secs)));
+        out.push(("date".into(), format_http_date(now_secs).into_bytes()));
     }
     out
 }
 
 /// Freshens stored headers with a 304's (RFC 9111 §3.2): each field in the 304 replaces all
 /// stored fields of that name.
-pub fn merge_not_modified(stored: &mut Vec<(String, String)>, fresh: &[(String, String)]) {
-    let fresh: Vec<(String, String)> = stored_headers(fresh, 0)
+pub fn merge_not_modified(stored: &mut Vec<Field>, fresh: &[Field]) {
+    let fresh: Vec<Field> = stored_headers(fresh, 0)
         .into_iter()
         .filter(|(k, _)| !NOT_UPDATED_BY_304.contains(&k.as_str()))
         .collect();
     // The synthetic Date of an empty 304 must not replace the stored one.
     let fresh_has_date = fresh
         .iter()
-        .any(|(k, v)| k == "date" && !v.starts_with("Thu, 01 Jan 1970"));
+        .any(|(k, v)| k == "date" && !v.starts_with(b"Thu, 01 Jan 1970"));
     stored.retain(|(k, _)| !fresh.iter().any(|(f, _)| f == k) || (k == "date" && !fresh_has_date));
     stored.extend(
         fresh
@@ -131,31 +137,28 @@ impl Outcome {
 
 /// The headers of a response served from `entry`: stored fields (minus the length, which the
 /// proxy computes from the body), `Age`, `Cache-Status`, `x-cache`.
-pub fn served_headers(
-    entry: &Entry,
-    age: u64,
-    outcome: &Outcome,
-    name: &str,
-) -> Vec<(String, String)> {
-    let mut h: Vec<(String, String)> = entry
+pub fn served_headers(entry: &Entry, age: u64, outcome: &Outcome, name: &str) -> Vec<Field> {
+    let mut h: Vec<Field> = entry
         .headers
         .iter()
         .filter(|(k, _)| k != "content-length")
         .cloned()
         .collect();
-    h.push(("age".into(), age.to_string()));
-    h.push(("cache-status".into(), outcome.cache_status(name)));
-    h.push(("x-cache".into(), outcome.x_cache().into()));
+    push_status(&mut h, age, outcome, name);
     h
 }
 
+fn push_status(h: &mut Vec<Field>, age: u64, outcome: &Outcome, name: &str) {
+    h.push(("age".into(), age.to_string().into_bytes()));
+    h.push((
+        "cache-status".into(),
+        outcome.cache_status(name).into_bytes(),
+    ));
+    h.push(("x-cache".into(), outcome.x_cache().as_bytes().to_vec()));
+}
+
 /// The headers of a 304 answered from a stored response (RFC 9110 §15.4.5).
-pub fn not_modified_headers(
-    entry: &Entry,
-    age: u64,
-    outcome: &Outcome,
-    name: &str,
-) -> Vec<(String, String)> {
+pub fn not_modified_headers(entry: &Entry, age: u64, outcome: &Outcome, name: &str) -> Vec<Field> {
     const KEEP: &[&str] = &[
         "cache-control",
         "content-location",
@@ -165,28 +168,28 @@ pub fn not_modified_headers(
         "vary",
         "last-modified",
     ];
-    let mut h: Vec<(String, String)> = entry
+    let mut h: Vec<Field> = entry
         .headers
         .iter()
         .filter(|(k, _)| KEEP.contains(&k.as_str()))
         .cloned()
         .collect();
-    h.push(("age".into(), age.to_string()));
-    h.push(("cache-status".into(), outcome.cache_status(name)));
-    h.push(("x-cache".into(), outcome.x_cache().into()));
+    push_status(&mut h, age, outcome, name);
     h
 }
 
 /// Purge tags from the configured tag headers (comma or space separated).
-pub fn tags(headers: &[(String, String)], tag_headers: &[String]) -> Vec<String> {
+pub fn tags(headers: &[Field], tag_headers: &[String]) -> Vec<String> {
     let mut out: Vec<String> = headers
         .iter()
         .filter(|(k, _)| tag_headers.iter().any(|t| t.eq_ignore_ascii_case(k)))
         .flat_map(|(_, v)| {
-            v.split([',', ' '])
+            text(v)
+                .split([',', ' '])
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(String::from)
+                .collect::<Vec<_>>()
         })
         .collect();
     out.sort();
@@ -216,10 +219,10 @@ pub fn same_authority_path(value: &str, authority: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn hv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn hv(pairs: &[(&str, &str)]) -> Vec<Field> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
             .collect()
     }
 
@@ -263,7 +266,7 @@ mod tests {
             stored
                 .iter()
                 .filter(|(k, _)| k == n)
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| std::str::from_utf8(v).unwrap())
                 .collect::<Vec<_>>()
         };
         assert_eq!(get("cache-control"), vec!["max-age=60"]);

@@ -3,6 +3,25 @@
 //!
 //! Times are Unix seconds (HTTP dates have one-second resolution) except where noted.
 
+use std::borrow::Cow;
+use switchyard_core::request::text;
+
+/// A header field: lower-case name, value as bytes.
+pub type Field = (String, Vec<u8>);
+
+/// Trims optional whitespace (SP / HTAB) from both ends.
+pub fn trim_ows(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or(&[])
+}
+
 /// Parsed `Cache-Control` directives (request or response). Unknown directives are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheControl {
@@ -135,28 +154,34 @@ pub struct ResponseFacts {
 
 impl ResponseFacts {
     /// Reads the facts from a response's headers (lower-case names).
-    pub fn from_headers(status: u16, headers: &[(String, String)]) -> Self {
+    pub fn from_headers(status: u16, headers: &[Field]) -> Self {
+        // Field values are bytes; the fields read here are ASCII grammars, so a value with
+        // other bytes simply fails to parse (e.g. an obs-text `Date` is no date).
         let get = |name: &str| {
             headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| text(v))
         };
-        let all = |name: &'static str| {
+        let all = |name: &'static str| -> Vec<Cow<'_, str>> {
             headers
                 .iter()
                 .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| text(v))
+                .collect()
         };
+        let cc = all("cache-control");
         ResponseFacts {
             status,
-            cc: CacheControl::parse(all("cache-control")),
-            date: get("date").and_then(parse_http_date),
-            expires: get("expires").map(parse_http_date),
-            last_modified: get("last-modified").and_then(parse_http_date),
+            cc: CacheControl::parse(cc.iter().map(|v| v.as_ref())),
+            date: get("date").and_then(|d| parse_http_date(&d)),
+            expires: get("expires").map(|d| parse_http_date(&d)),
+            last_modified: get("last-modified").and_then(|d| parse_http_date(&d)),
             age: get("age").map(|a| delta_seconds(Some(a.trim()))),
             has_set_cookie: get("set-cookie").is_some(),
-            vary_star: all("vary").any(|v| v.split(',').any(|p| p.trim() == "*")),
+            vary_star: all("vary")
+                .iter()
+                .any(|v| v.split(',').any(|p| p.trim() == "*")),
             has_validator: get("etag").is_some() || get("last-modified").is_some(),
             has_content_range: get("content-range").is_some(),
         }
@@ -178,18 +203,18 @@ pub struct RequestFacts {
 }
 
 impl RequestFacts {
-    pub fn from_headers(headers: &[(String, String)]) -> Self {
-        let cc_values: Vec<&str> = headers
+    pub fn from_headers(headers: &[Field]) -> Self {
+        let cc_values: Vec<Cow<'_, str>> = headers
             .iter()
             .filter(|(k, _)| k == "cache-control")
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| text(v))
             .collect();
         RequestFacts {
             pragma_no_cache: cc_values.is_empty()
-                && headers
-                    .iter()
-                    .any(|(k, v)| k == "pragma" && v.to_ascii_lowercase().contains("no-cache")),
-            cc: CacheControl::parse(cc_values),
+                && headers.iter().any(|(k, v)| {
+                    k == "pragma" && text(v).to_ascii_lowercase().contains("no-cache")
+                }),
+            cc: CacheControl::parse(cc_values.iter().map(|v| v.as_ref())),
             has_authorization: headers.iter().any(|(k, _)| k == "authorization"),
         }
     }
@@ -417,23 +442,29 @@ pub fn stale_if_error_allows(
 
 /// Does a client's conditional request match the stored response (RFC 9110 §13.1)? Weak
 /// comparison for `If-None-Match`; `If-Modified-Since` only when there is no `If-None-Match`.
+/// Validators are compared as bytes (an entity tag may carry obs-text), weakly (RFC 9110
+/// §13.1.2: `W/` ignored).
 pub fn not_modified(
-    if_none_match: Option<&str>,
-    if_modified_since: Option<&str>,
-    etag: Option<&str>,
-    last_modified: Option<&str>,
+    if_none_match: Option<&[u8]>,
+    if_modified_since: Option<&[u8]>,
+    etag: Option<&[u8]>,
+    last_modified: Option<&[u8]>,
 ) -> bool {
     if let Some(inm) = if_none_match {
         let Some(etag) = etag else { return false };
-        let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
+        let strip = |t: &'_ [u8]| -> Vec<u8> {
+            let t = trim_ows(t);
+            t.strip_prefix(b"W/").unwrap_or(t).to_vec()
+        };
         let stored = strip(etag);
         return inm
-            .split(',')
-            .any(|t| t.trim() == "*" || strip(t) == stored);
+            .split(|b| *b == b',')
+            .any(|t| trim_ows(t) == b"*" || strip(t) == stored);
     }
+    let date = |v: &[u8]| std::str::from_utf8(v).ok().and_then(parse_http_date);
     match (
-        if_modified_since.and_then(parse_http_date),
-        last_modified.and_then(parse_http_date),
+        if_modified_since.and_then(date),
+        last_modified.and_then(date),
     ) {
         (Some(ims), Some(lm)) => lm <= ims,
         _ => false,
@@ -559,16 +590,16 @@ mod tests {
     const T0: u64 = 1_700_000_000;
 
     fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseFacts {
-        let h: Vec<(String, String)> = headers
+        let h: Vec<Field> = headers
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
             .collect();
         ResponseFacts::from_headers(status, &h)
     }
     fn req(headers: &[(&str, &str)]) -> RequestFacts {
-        let h: Vec<(String, String)> = headers
+        let h: Vec<Field> = headers
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
             .collect();
         RequestFacts::from_headers(&h)
     }
@@ -1056,35 +1087,49 @@ mod tests {
     #[test]
     fn conditional_requests() {
         let lm = format_http_date(T0);
+        let nm = |inm: Option<&str>, ims: Option<&str>, etag: Option<&str>, lm: Option<&str>| {
+            not_modified(
+                inm.map(str::as_bytes),
+                ims.map(str::as_bytes),
+                etag.map(str::as_bytes),
+                lm.map(str::as_bytes),
+            )
+        };
+        assert!(nm(Some("\"a\", \"b\""), None, Some("\"b\""), None));
+        assert!(nm(Some("W/\"b\""), None, Some("\"b\""), None));
+        assert!(nm(Some("*"), None, Some("\"b\""), None));
+        assert!(!nm(Some("\"c\""), None, Some("\"b\""), None));
+        assert!(!nm(Some("\"c\""), None, None, Some(&lm)));
+        assert!(nm(None, Some(&format_http_date(T0 + 5)), None, Some(&lm)));
+        assert!(nm(None, Some(&lm), None, Some(&lm)));
+        assert!(!nm(None, Some(&format_http_date(T0 - 5)), None, Some(&lm)));
+        // If-None-Match takes precedence over If-Modified-Since.
+        assert!(!nm(Some("\"x\""), Some(&lm), Some("\"b\""), Some(&lm)));
+        // Validators with obs-text compare as bytes: equal bytes match, others do not.
         assert!(not_modified(
-            Some("\"a\", \"b\""),
+            Some(b"\"abc\xfc\""),
             None,
-            Some("\"b\""),
+            Some(b"W/\"abc\xfc\""),
             None
         ));
-        assert!(not_modified(Some("W/\"b\""), None, Some("\"b\""), None));
-        assert!(not_modified(Some("*"), None, Some("\"b\""), None));
-        assert!(!not_modified(Some("\"c\""), None, Some("\"b\""), None));
-        assert!(!not_modified(Some("\"c\""), None, None, Some(&lm)));
-        assert!(not_modified(
+        assert!(!not_modified(
+            Some(b"\"abc\xfd\""),
             None,
-            Some(&format_http_date(T0 + 5)),
-            None,
-            Some(&lm)
+            Some(b"\"abc\xfc\""),
+            None
         ));
-        assert!(not_modified(None, Some(&lm), None, Some(&lm)));
+        assert!(!not_modified(
+            Some("\"abcü\"".as_bytes()),
+            None,
+            Some(b"\"abc\xfc\""),
+            None
+        ));
+        // An If-Modified-Since that is not a date never matches.
         assert!(!not_modified(
             None,
-            Some(&format_http_date(T0 - 5)),
+            Some(b"\xff\xfe"),
             None,
-            Some(&lm)
-        ));
-        // If-None-Match takes precedence over If-Modified-Since.
-        assert!(!not_modified(
-            Some("\"x\""),
-            Some(&lm),
-            Some("\"b\""),
-            Some(&lm)
+            Some(lm.as_bytes())
         ));
     }
 

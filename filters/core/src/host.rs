@@ -1,76 +1,384 @@
-//! Thin glue between the pure logic and the proxy-wasm host. Nothing here holds logic worth
-//! testing natively; it is exercised by the module and Envoy integration tests.
+//! Thin glue between the pure logic and the proxy-wasm host, over the byte-safe calls of
+//! [`crate::abi`]. Nothing here holds logic worth testing natively; it is exercised by the
+//! module and Envoy integration tests. Every function here returns or swallows host errors:
+//! none can trap the VM.
 
+use crate::abi::{self, HostError, Level, Map};
 use crate::request::RequestView;
 use crate::shared::{SharedStore, StoreError};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::HttpContext;
-use proxy_wasm::types::{LogLevel, Status};
+
+pub use crate::abi::{Headers, HostResult};
 
 /// Process-wide shared data of the Envoy the module runs in.
 pub struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-        hostcalls::get_shared_data(key).map_err(status_error)
+        abi::shared_get(key).map_err(store_error)
     }
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        hostcalls::set_shared_data(key, Some(value), cas).map_err(status_error)
+        abi::shared_set(key, value, cas).map_err(store_error)
     }
 }
 
-fn status_error(s: Status) -> StoreError {
-    match s {
-        Status::CasMismatch => StoreError::CasMismatch,
+fn store_error(e: HostError) -> StoreError {
+    match e {
+        HostError::CasMismatch => StoreError::CasMismatch,
         other => StoreError::Other(format!("{other:?}")),
     }
 }
 
-/// Sets up logging for a filter's VM: routes the `log` crate to Envoy, logs panics at critical
-/// level with the filter's name (a panic aborts the VM; the log line is what remains), and logs
-/// the version once.
+/// Routes the `log` crate to Envoy without the SDK's logger (whose `log` unwraps the host's
+/// status).
+struct HostLogger;
+
+static LOGGER: HostLogger = HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Trace => Level::Trace,
+            log::Level::Debug => Level::Debug,
+            log::Level::Info => Level::Info,
+            log::Level::Warn => Level::Warn,
+            log::Level::Error => Level::Error,
+        };
+        let _ = abi::log(level, &record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+/// Sets up logging for a filter's VM: routes the `log` crate to Envoy at the level Envoy runs
+/// its wasm logger at when the VM starts, logs panics at critical level with the filter's name
+/// (a panic aborts the VM; the log line is what remains, and the plugin's `failure_policy`
+/// decides what happens next), and logs the version once.
 pub fn init_vm(filter: &'static str, version: &'static str) {
-    proxy_wasm::set_log_level(LogLevel::Trace);
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(match abi::log_level() {
+        Ok(Level::Trace) => log::LevelFilter::Trace,
+        Ok(Level::Debug) => log::LevelFilter::Debug,
+        Ok(Level::Info) | Err(_) => log::LevelFilter::Info,
+        Ok(Level::Warn) => log::LevelFilter::Warn,
+        Ok(Level::Error) => log::LevelFilter::Error,
+        Ok(Level::Critical) => log::LevelFilter::Off,
+    });
     std::panic::set_hook(Box::new(move |info| {
-        let _ = hostcalls::log(
-            LogLevel::Critical,
+        let _ = abi::log(
+            Level::Critical,
             &format!("switchyard {filter} panicked: {info}"),
         );
     }));
     log::info!("switchyard {filter} {version} loaded");
 }
 
-/// Current host time in nanoseconds since the Unix epoch (Envoy's clock, per worker).
+/// Current host time in nanoseconds since the Unix epoch (Envoy's clock, per worker); 0 if
+/// the host cannot tell.
 pub fn now_nanos() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    abi::now_nanos().unwrap_or(0)
 }
 
-/// The downstream peer address as Envoy reports it (`source.address`).
-pub fn source_address() -> Option<String> {
-    hostcalls::get_property(vec!["source", "address"])
+/// A property as UTF-8 text, if Envoy has it and it is text.
+pub fn property_text(path: &[&str]) -> Option<String> {
+    abi::property(path)
         .ok()
         .flatten()
         .and_then(|b| String::from_utf8(b).ok())
 }
 
-/// Builds the request view from the current request's headers; the peer address is fetched
-/// only if a matcher or key asks for it.
-pub fn request_view<C: HttpContext + ?Sized>(ctx: &C) -> RequestView {
-    RequestView::from_headers_lazy(ctx.get_http_request_headers(), source_address)
+/// The downstream peer address as Envoy reports it (`source.address`).
+pub fn source_address() -> Option<String> {
+    property_text(&["source", "address"])
+}
+
+/// The current request as a lazy, byte-safe view: the header map is read on the first
+/// question that needs it (one host call), the peer address only if a matcher or key asks.
+/// A host error reads as an empty map.
+pub fn request_view() -> RequestView {
+    RequestView::lazy(
+        Box::new(|| abi::headers(Map::RequestHeaders).unwrap_or_default()),
+        source_address,
+    )
 }
 
 /// Reads the plugin configuration bytes (empty if none).
 pub fn plugin_configuration() -> Vec<u8> {
-    hostcalls::get_buffer(
-        proxy_wasm::types::BufferType::PluginConfiguration,
-        0,
-        usize::MAX,
+    abi::buffer(abi::Buffer::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Every header of a map (empty on a host error, e.g. a map not available in this phase).
+pub fn headers(map: Map) -> Headers {
+    abi::headers(map).unwrap_or_default()
+}
+
+/// One header's value (the first, if repeated).
+pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
+    abi::header(map, name).ok().flatten()
+}
+
+/// Sets (`Some`) or removes (`None`) a header; a host error is logged at debug level.
+pub fn set_header(map: Map, name: &str, value: Option<&[u8]>) {
+    let r = match value {
+        Some(v) => abi::set_header(map, name, v),
+        None => abi::remove_header(map, name),
+    };
+    if let Err(e) = r {
+        log::debug!("switchyard: cannot set header {name} in {map:?}: {e:?}");
+    }
+}
+
+/// Appends a header value; a host error is logged at debug level.
+pub fn add_header(map: Map, name: &str, value: &[u8]) {
+    if let Err(e) = abi::add_header(map, name, value) {
+        log::debug!("switchyard: cannot add header {name} in {map:?}: {e:?}");
+    }
+}
+
+/// Answers the current request locally. Returns whether the host took the reply; a filter
+/// that gets `false` lets the request continue (the host refused, e.g. the response already
+/// started).
+pub fn send_local_response(
+    status: u32,
+    details: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> bool {
+    match abi::send_local_response(status, details, headers, body) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("switchyard: local reply {status} refused by the host: {e:?}");
+            false
+        }
+    }
+}
+
+/// [`send_local_response`] for string headers.
+pub fn send_local_text(
+    status: u32,
+    details: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> bool {
+    let h: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    send_local_response(status, details, &h, body)
+}
+
+/// The response body of a finished `dispatch_http_call` (up to `max` bytes), if any.
+pub fn http_call_body(max: usize) -> Option<Vec<u8>> {
+    abi::buffer(abi::Buffer::HttpCallResponseBody, 0, max)
+        .ok()
+        .flatten()
+}
+
+/// One header of a finished `dispatch_http_call`'s response, as text (`None` if absent or not
+/// UTF-8: the values filters read there are status codes, ETags and dates).
+pub fn http_call_header(name: &str) -> Option<String> {
+    header(Map::HttpCallResponseHeaders, name).and_then(|v| String::from_utf8(v).ok())
+}
+
+/// Every header of a finished `dispatch_http_call`'s response.
+pub fn http_call_headers() -> Headers {
+    headers(Map::HttpCallResponseHeaders)
+}
+
+/// Sends an HTTP request to `cluster` with string headers; returns the call's token.
+pub fn http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> HostResult<u32> {
+    let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    abi::http_call(cluster, &h, body, ms)
+}
+
+/// Sets the root context's tick period (a host error is logged).
+pub fn set_tick_period(period: std::time::Duration) {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    if let Err(e) = abi::set_tick_period_ms(ms) {
+        log::warn!("switchyard: cannot set the tick period: {e:?}");
+    }
+}
+
+/// A property that Envoy encodes as a little-endian u64 (`response.code`, `response.flags`).
+pub fn property_u64(path: &[&str]) -> Option<u64> {
+    let bytes = abi::property(path).ok().flatten()?;
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
+/// Makes `context_id` the context later host calls act on (to resume or answer another
+/// request from a root callback). Returns whether the host accepted it.
+pub fn set_effective_context(context_id: u32) -> bool {
+    abi::set_effective_context(context_id).is_ok()
+}
+
+/// Resumes the current (effective) paused request; a host error is logged.
+pub fn resume_request() {
+    if let Err(e) = abi::resume_request() {
+        log::debug!("switchyard: cannot resume the request: {e:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Callouts whose answers reach a context, and the buffers the probe filter reads and rewrites.
+// ---------------------------------------------------------------------------------------------
+
+/// The SDK's status as a [`HostError`].
+fn sdk_error(s: proxy_wasm::types::Status) -> HostError {
+    use proxy_wasm::types::Status;
+    match s {
+        Status::NotFound => HostError::NotFound,
+        Status::BadArgument => HostError::BadArgument,
+        Status::SerializationFailure => HostError::SerializationFailure,
+        Status::ParseFailure => HostError::ParseFailure,
+        Status::Empty => HostError::Empty,
+        Status::CasMismatch => HostError::CasMismatch,
+        Status::InternalFailure => HostError::InternalFailure,
+        other => HostError::Unknown(other as u32),
+    }
+}
+
+/// Sends an HTTP callout whose answer the SDK delivers to the calling context's
+/// `on_http_call_response`; returns the call's token.
+///
+/// This goes through the SDK's `dispatch_http_call` on purpose: the SDK's dispatcher routes an
+/// answer by a token table that only that function fills, and it `expect`s every answered token
+/// to be in it, so the answer to a token from [`abi::http_call`] / [`http_call`] panics the VM in
+/// `proxy_on_http_call_response`. The SDK function itself panics only on a status other than
+/// `Ok`, `BadArgument` and `InternalFailure`, which Envoy's `proxy_http_call` returns only for
+/// pointers outside the module's memory (`InvalidMemoryAccess`), never for these live slices.
+#[allow(clippy::disallowed_methods)]
+pub fn dispatch_http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> HostResult<u32> {
+    proxy_wasm::hostcalls::dispatch_http_call(
+        cluster,
+        headers.to_vec(),
+        (!body.is_empty()).then_some(body),
+        Vec::new(),
+        timeout,
     )
-    .ok()
-    .flatten()
-    .unwrap_or_default()
+    .map_err(sdk_error)
+}
+
+/// Sends a unary gRPC callout whose answer the SDK delivers to the calling context's
+/// `on_grpc_call_response`; returns the call's token.
+///
+/// Through the SDK's `dispatch_grpc_call` for the same reason as [`dispatch_http_call`] (an
+/// unregistered gRPC token's answer is silently dropped and the paused request hangs). The SDK
+/// panics on a status other than `Ok`, `ParseFailure` (Envoy: unknown cluster) and
+/// `InternalFailure`.
+#[allow(clippy::disallowed_methods)]
+pub fn dispatch_grpc_call(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    metadata: &[(&str, &[u8])],
+    message: &[u8],
+    timeout: std::time::Duration,
+) -> HostResult<u32> {
+    proxy_wasm::hostcalls::dispatch_grpc_call(
+        cluster,
+        service,
+        method,
+        metadata.to_vec(),
+        Some(message),
+        timeout,
+    )
+    .map_err(sdk_error)
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_buffer_bytes(
+        buffer: u32,
+        start: usize,
+        max_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer: u32,
+        start: usize,
+        size: usize,
+        data: *const u8,
+        data_size: usize,
+    ) -> u32;
+}
+
+/// No host natively: every call says `Unimplemented` (as in [`abi`]).
+#[cfg(not(target_arch = "wasm32"))]
+unsafe fn proxy_get_buffer_bytes(
+    _: u32,
+    _: usize,
+    _: usize,
+    _: *mut *mut u8,
+    _: *mut usize,
+) -> u32 {
+    12
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+unsafe fn proxy_set_buffer_bytes(_: u32, _: usize, _: usize, _: *const u8, _: usize) -> u32 {
+    12
+}
+
+/// `proxy_wasm::types::BufferType::GrpcReceiveBuffer` ([`abi::Buffer`] has no variant for it).
+const GRPC_RECEIVE_BUFFER: u32 = 5;
+
+/// The message of a finished `dispatch_grpc_call` (up to `max` bytes), if any.
+pub fn grpc_call_message(max: usize) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: out-pointers to locals.
+    let code = unsafe { proxy_get_buffer_bytes(GRPC_RECEIVE_BUFFER, 0, max, &mut data, &mut size) };
+    if code != 0 || data.is_null() {
+        return None;
+    }
+    // SAFETY: on Ok the host returned a buffer of exactly `size` bytes allocated through the
+    // SDK's `proxy_on_memory_allocate` (the contract `abi` relies on too).
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// The request body received so far (up to `max` bytes; empty on a host error).
+pub fn request_body(max: usize) -> Vec<u8> {
+    abi::buffer(abi::Buffer::RequestBody, 0, max)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Replaces `size` bytes of the request body from `start` with `value`; a host error is logged
+/// at debug level.
+pub fn set_request_body(start: usize, size: usize, value: &[u8]) {
+    // SAFETY: pointer and length of a live slice.
+    let code = unsafe {
+        proxy_set_buffer_bytes(
+            abi::Buffer::RequestBody as u32,
+            start,
+            size,
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    if code != 0 {
+        log::debug!("switchyard: cannot set the request body: status {code}");
+    }
 }

@@ -7,7 +7,7 @@
 //! [`KeySources::composite`]) or an ordered fallback (the first present one, see
 //! [`KeySources::first_present`]); which one is the filter's documented choice.
 
-use crate::request::RequestView;
+use crate::request::{key_text, RequestView};
 use serde::Deserialize;
 use std::fmt;
 
@@ -32,7 +32,8 @@ enum KeySourceSpec {
     Composite(Vec<KeySource>),
 }
 
-/// One key source. Empty values count as absent, so a request with `x-user-id: ""` does not
+/// One key source. Header and cookie values that are not printable UTF-8 become a hex form
+/// ([`key_text`]), so a key is stable and distinct for distinct bytes. Empty values count as absent, so a request with `x-user-id: ""` does not
 /// share a key with every other such request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "KeySourceSpec")]
@@ -106,8 +107,8 @@ impl KeySource {
             KeySource::ClientIp { trusted_hops } => {
                 req.client_ip(*trusted_hops).map(|ip| ip.to_string())
             }
-            KeySource::Header(h) => req.header_joined(h),
-            KeySource::Cookie(c) => req.cookie(c).map(str::to_string),
+            KeySource::Header(h) => req.header_joined(h).map(|v| key_text(&v).into_owned()),
+            KeySource::Cookie(c) => req.cookie(c).map(|v| key_text(v).into_owned()),
             KeySource::Query(q) => req.query_param(q).map(str::to_string),
             KeySource::Path => Some(req.path().to_string()),
             KeySource::Method => Some(req.method().to_string()),

@@ -12,7 +12,7 @@
 //! [`RequestView`]; errors name the JSON path of the bad field.
 
 use crate::config::{index_path, ConfigError};
-use crate::request::{parse_address_ip, RequestView};
+use crate::request::{parse_address_ip, text, RequestView};
 use serde::Deserialize;
 use std::net::IpAddr;
 
@@ -88,17 +88,17 @@ impl Matcher {
             }
         }
         for h in &self.headers {
-            let values: Vec<&str> = req.header_values(&h.lower_name).collect();
+            let values: Vec<&[u8]> = req.header_values(&h.lower_name).collect();
             if !h.matches_values(&values) {
                 return None;
             }
         }
         for q in &self.query {
-            let values: Vec<&str> = req
+            let values: Vec<&[u8]> = req
                 .query_params()
                 .iter()
                 .filter(|(k, _)| *k == q.name)
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| v.as_bytes())
                 .collect();
             if !q.matches_values(&values) {
                 return None;
@@ -595,37 +595,42 @@ impl TryFrom<ValueSpec> for ValueMatcher {
 }
 
 impl ValueMatcher {
-    fn test_one(&self, v: &str) -> bool {
+    /// Text tests compare bytes (a value may carry obs-text); a regex sees [`text`].
+    fn test_one(&self, v: &[u8]) -> bool {
         let lowered;
         let v = if self.ignore_case {
             lowered = v.to_ascii_lowercase();
-            lowered.as_str()
+            lowered.as_slice()
         } else {
             v
         };
         match &self.test {
-            ValueTest::Exact(e) => v == e,
-            ValueTest::Prefix(p) => v.starts_with(p.as_str()),
-            ValueTest::Suffix(p) => v.ends_with(p.as_str()),
-            ValueTest::Contains(p) => v.contains(p.as_str()),
-            ValueTest::Regex(re) => re.is_match(v),
+            ValueTest::Exact(e) => v == e.as_bytes(),
+            ValueTest::Prefix(p) => v.starts_with(p.as_bytes()),
+            ValueTest::Suffix(p) => v.ends_with(p.as_bytes()),
+            ValueTest::Contains(p) => contains(v, p.as_bytes()),
+            ValueTest::Regex(re) => re.is_match(&text(v)),
             ValueTest::Present => true,
             ValueTest::Absent => false,
         }
     }
 
     /// `values`: every value of the named field in the request (empty if absent).
-    pub fn matches_values(&self, values: &[&str]) -> bool {
+    pub fn matches_values(&self, values: &[&[u8]]) -> bool {
         let raw = match self.test {
             ValueTest::Present => !values.is_empty(),
             ValueTest::Absent => values.is_empty(),
             _ => {
                 values.iter().any(|v| self.test_one(v))
-                    || (values.len() > 1 && self.test_one(&values.join(",")))
+                    || (values.len() > 1 && self.test_one(&values.join(&b',')))
             }
         };
         raw != self.invert
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 // ---------------------------------------------------------------------------------------------

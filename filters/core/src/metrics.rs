@@ -3,8 +3,7 @@
 //! (e.g. `wasmcustom.switchyard.ratelimit.per-ip.allowed`). Stats are process-wide in Envoy:
 //! every worker's VM that defines the same name shares one stat.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use crate::abi::{self, MetricKind as MetricType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -18,7 +17,6 @@ fn kind_tag(t: MetricType) -> u8 {
         MetricType::Counter => 0,
         MetricType::Gauge => 1,
         MetricType::Histogram => 2,
-        _ => 3,
     }
 }
 
@@ -40,7 +38,7 @@ impl Metrics {
         if let Some(id) = self.ids.borrow().get(&key) {
             return Some(*id);
         }
-        let id = hostcalls::define_metric(t, &self.full_name(name)).ok()?;
+        let id = abi::define_metric(t, &self.full_name(name)).ok()?;
         self.ids.borrow_mut().insert(key, id);
         Some(id)
     }
@@ -60,30 +58,30 @@ impl Metrics {
 
     pub fn add(&self, name: &str, by: u64) {
         if let Some(id) = self.id(MetricType::Counter, name) {
-            let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+            let _ = abi::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
         }
     }
 
     pub fn set_gauge(&self, name: &str, value: u64) {
         if let Some(id) = self.id(MetricType::Gauge, name) {
-            let _ = hostcalls::record_metric(id, value);
+            let _ = abi::record_metric(id, value);
         }
     }
 
     pub fn add_gauge(&self, name: &str, by: i64) {
         if let Some(id) = self.id(MetricType::Gauge, name) {
-            let _ = hostcalls::increment_metric(id, by);
+            let _ = abi::increment_metric(id, by);
         }
     }
 
     pub fn record(&self, name: &str, value: u64) {
         if let Some(id) = self.id(MetricType::Histogram, name) {
-            let _ = hostcalls::record_metric(id, value);
+            let _ = abi::record_metric(id, value);
         }
     }
 
     pub fn get_counter(&self, name: &str) -> Option<u64> {
         let id = self.id(MetricType::Counter, name)?;
-        hostcalls::get_metric(id).ok()
+        abi::get_metric(id).ok()
     }
 }

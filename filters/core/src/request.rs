@@ -1,91 +1,153 @@
-//! A proxy-independent view of a request, built once per request by a filter's glue code.
+//! A proxy-independent, byte-safe view of a request, built once per request by a filter's glue.
+//!
+//! Header values are bytes as the codec let them through: RFC 9110 §5.5 allows obs-text
+//! (0x80–0xFF) and HTAB in field values, so nothing here assumes UTF-8. The header map is read
+//! from the host lazily, on the first question that needs it, and at most once; a configuration
+//! that looks at no header costs no header read.
+//!
+//! How non-UTF-8 bytes behave (documented in the README, "Bytes in headers"):
+//! - exact / prefix / suffix / contains tests compare bytes;
+//! - a regex sees the value as UTF-8 when it is valid UTF-8, otherwise each byte as the Latin-1
+//!   character of that code ([`text`]);
+//! - a key built from a value ([`key_text`]) is the value itself when it is printable UTF-8,
+//!   otherwise `\u{1e}` followed by the bytes in hex: stable, and distinct for distinct bytes;
+//! - `:path` and `:authority` bytes that are not UTF-8 are percent-encoded (`%E9`), which is the
+//!   URI form of the same octets.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::net::IpAddr;
 
-/// The parts of a request the match and key languages look at. Header names are stored
-/// lower-case, values as received; the query string is decoded once.
+/// Fetches the whole request header map (pseudo-headers included) as bytes.
+pub type HeaderFetch = Box<dyn Fn() -> Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// The parts of a request the match and key languages look at.
 #[derive(Debug, Clone, Default)]
-pub struct RequestView {
+struct Parts {
     method: String,
     raw_path: String,
     path_len: usize,
     authority: String,
     scheme: String,
-    headers: Vec<(String, String)>,
+    /// Regular headers: lower-case names, values as bytes, in order.
+    headers: Vec<(String, Vec<u8>)>,
     query: Vec<(String, String)>,
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct RequestView {
+    parts: OnceCell<Parts>,
+    fetch: Option<HeaderFetch>,
     source: OnceCell<Option<IpAddr>>,
     /// Fetches the downstream address the first time a matcher or key needs it: in Envoy that
-    /// is a property host call (~1.5 µs), wasted on the many configurations that never use it.
+    /// is a property host call (~2 µs), wasted on the many configurations that never use it.
     source_fetch: Option<fn() -> Option<String>>,
+}
+
+impl std::fmt::Debug for RequestView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestView")
+            .field("parts", &self.parts.get())
+            .field("source", &self.source.get())
+            .finish()
+    }
+}
+
+impl Clone for RequestView {
+    /// A clone is a snapshot: it holds the parts (read now if not yet read) and no fetchers.
+    fn clone(&self) -> Self {
+        RequestView {
+            parts: OnceCell::from(self.parts().clone()),
+            fetch: None,
+            source: OnceCell::from(self.source_ip()),
+            source_fetch: None,
+        }
+    }
 }
 
 impl RequestView {
     /// A request with method and `:path` (which may carry a query string).
     pub fn new(method: &str, path: &str) -> Self {
-        let mut r = RequestView {
+        let mut p = Parts {
             method: method.to_string(),
             ..Default::default()
         };
-        r.set_path(path);
-        r
+        p.set_path(path);
+        Self::from_parts(p)
+    }
+
+    fn from_parts(p: Parts) -> Self {
+        RequestView {
+            parts: OnceCell::from(p),
+            ..Default::default()
+        }
     }
 
     /// Builds a view from an HTTP/2-style header list (`:method`, `:path`, `:authority`,
     /// `:scheme` and regular headers) and the downstream address (`"1.2.3.4:5678"`, `"[::1]:80"`
     /// or a bare IP), as Envoy exposes them.
     pub fn from_headers(headers: Vec<(String, String)>, source_address: Option<&str>) -> Self {
-        let r = Self::from_header_list(headers);
+        let bytes = headers
+            .into_iter()
+            .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
+            .collect();
+        let r = Self::from_parts(Parts::from_list(bytes));
         r.source
             .get_or_init(|| source_address.and_then(parse_address_ip));
         r
     }
 
-    /// Like [`from_headers`](Self::from_headers), but the downstream address is fetched only
-    /// when something asks for it, at most once.
-    pub fn from_headers_lazy(
-        headers: Vec<(String, String)>,
-        source_address: fn() -> Option<String>,
-    ) -> Self {
-        let mut r = Self::from_header_list(headers);
-        r.source_fetch = Some(source_address);
+    /// Like [`from_headers`](Self::from_headers) with byte values.
+    pub fn from_header_bytes(headers: Vec<(Vec<u8>, Vec<u8>)>, source: Option<&str>) -> Self {
+        let r = Self::from_parts(Parts::from_list(headers));
+        r.source.get_or_init(|| source.and_then(parse_address_ip));
         r
     }
 
-    fn from_header_list(headers: Vec<(String, String)>) -> Self {
-        let mut r = RequestView::default();
-        for (name, value) in headers {
-            let name = name.to_ascii_lowercase();
-            match name.as_str() {
-                ":method" => r.method = value,
-                ":path" => r.set_path(&value),
-                ":authority" => r.authority = value,
-                ":scheme" => r.scheme = value,
-                _ => {
-                    if name == "host" && r.authority.is_empty() {
-                        r.authority = value.clone();
-                    }
-                    r.headers.push((name, value));
-                }
-            }
+    /// A view whose header map is fetched the first time something asks for a part of the
+    /// request, and whose downstream address is fetched the first time a matcher or key needs
+    /// it; each at most once.
+    pub fn lazy(fetch: HeaderFetch, source_address: fn() -> Option<String>) -> Self {
+        RequestView {
+            parts: OnceCell::new(),
+            fetch: Some(fetch),
+            source: OnceCell::new(),
+            source_fetch: Some(source_address),
         }
-        r
     }
 
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        let name = name.to_ascii_lowercase();
-        if name == ":authority" || (name == "host" && self.authority.is_empty()) {
-            self.authority = value.to_string();
-        }
-        if !name.starts_with(':') {
-            self.headers.push((name, value.to_string()));
-        }
+    /// Whether the header map has been read (for tests of the lazy read).
+    pub fn headers_read(&self) -> bool {
+        self.parts.get().is_some()
+    }
+
+    fn parts(&self) -> &Parts {
+        self.parts
+            .get_or_init(|| Parts::from_list(self.fetch.as_ref().map(|f| f()).unwrap_or_default()))
+    }
+
+    /// Edits the parts (reading them first if a fetcher is set), for the builder methods.
+    fn edit(mut self, f: impl FnOnce(&mut Parts)) -> Self {
+        let mut p = match self.parts.take() {
+            Some(p) => p,
+            None => Parts::from_list(self.fetch.as_ref().map(|f| f()).unwrap_or_default()),
+        };
+        f(&mut p);
+        self.parts = OnceCell::from(p);
         self
     }
 
-    pub fn with_authority(mut self, authority: &str) -> Self {
-        self.authority = authority.to_string();
-        self
+    pub fn with_header(self, name: &str, value: &str) -> Self {
+        self.edit(|p| p.add(name.as_bytes(), value.as_bytes()))
+    }
+
+    pub fn with_header_bytes(self, name: &str, value: &[u8]) -> Self {
+        self.edit(|p| p.add(name.as_bytes(), value))
+    }
+
+    pub fn with_authority(self, authority: &str) -> Self {
+        self.edit(|p| p.authority = authority.to_string())
     }
 
     pub fn with_source(mut self, address: &str) -> Self {
@@ -93,82 +155,85 @@ impl RequestView {
         self
     }
 
-    fn set_path(&mut self, path: &str) {
-        self.raw_path = path.to_string();
-        self.path_len = path.find('?').unwrap_or(path.len());
-        self.query = parse_query(self.query_string().unwrap_or(""));
-    }
-
     pub fn method(&self) -> &str {
-        &self.method
+        &self.parts().method
     }
     /// The path without the query string.
     pub fn path(&self) -> &str {
-        &self.raw_path[..self.path_len]
+        let p = self.parts();
+        p.raw_path.get(..p.path_len).unwrap_or(&p.raw_path)
     }
-    /// `:path` as received, with the query string.
+    /// `:path` as received (non-UTF-8 bytes percent-encoded), with the query string.
     pub fn raw_path(&self) -> &str {
-        &self.raw_path
+        &self.parts().raw_path
     }
     /// The query string without `?`, if the path has one.
     pub fn query_string(&self) -> Option<&str> {
-        self.raw_path
-            .get(self.path_len + 1..)
-            .filter(|_| self.path_len < self.raw_path.len())
+        let p = self.parts();
+        p.raw_path
+            .get(p.path_len + 1..)
+            .filter(|_| p.path_len < p.raw_path.len())
     }
     /// Decoded query parameters in order (repeated names kept).
     pub fn query_params(&self) -> &[(String, String)] {
-        &self.query
+        &self.parts().query
     }
     /// The first value of a query parameter.
     pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
+        self.parts()
+            .query
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
     pub fn authority(&self) -> &str {
-        &self.authority
+        &self.parts().authority
     }
     pub fn scheme(&self) -> &str {
-        &self.scheme
+        &self.parts().scheme
     }
-    /// All regular headers (lower-case names) in order.
-    pub fn headers(&self) -> &[(String, String)] {
-        &self.headers
+    /// All regular headers (lower-case names, byte values) in order.
+    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+        &self.parts().headers
     }
     /// The first value of a header (`name` must be lower-case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.parts()
+            .headers
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_slice())
+    }
+    /// The first value of a header as text ([`text`]).
+    pub fn header_text(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.header(name).map(text)
     }
     /// Every value of a header, in order.
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.parts()
+            .headers
             .iter()
             .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_slice())
     }
     /// All values of a header joined with `,` as HTTP defines for repeated fields.
-    pub fn header_joined(&self, name: &str) -> Option<String> {
+    pub fn header_joined(&self, name: &str) -> Option<Vec<u8>> {
         let mut values = self.header_values(name);
-        let first = values.next()?;
-        let mut out = first.to_string();
+        let mut out = values.next()?.to_vec();
         for v in values {
-            out.push(',');
-            out.push_str(v);
+            out.push(b',');
+            out.extend_from_slice(v);
         }
         Some(out)
     }
     /// A cookie's value from any `Cookie` header.
-    pub fn cookie(&self, name: &str) -> Option<&str> {
+    pub fn cookie(&self, name: &str) -> Option<&[u8]> {
         self.header_values("cookie")
-            .flat_map(|h| h.split(';'))
+            .flat_map(|h| h.split(|b| *b == b';'))
             .find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                (k.trim() == name).then(|| v.trim().trim_matches('"'))
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+                (trim(k) == name.as_bytes()).then(|| trim_quotes(trim(v)))
             })
     }
     /// The downstream (peer) address of the connection.
@@ -190,24 +255,128 @@ impl RequestView {
         if trusted_hops == 0 {
             return self.source_ip();
         }
-        let xff = self.header_joined("x-forwarded-for");
-        let entries: Vec<&str> = xff
-            .as_deref()
-            .map(|x| {
-                x.split(',')
-                    .map(str::trim)
-                    .filter(|e| !e.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let xff = self.header_joined("x-forwarded-for").unwrap_or_default();
+        let entries: Vec<&[u8]> = xff
+            .split(|b| *b == b',')
+            .map(trim)
+            .filter(|e| !e.is_empty())
+            .collect();
         let n = trusted_hops as usize;
         if entries.len() >= n {
-            if let Some(ip) = parse_address_ip(entries[entries.len() - n]) {
+            let entry = std::str::from_utf8(entries[entries.len() - n]).ok();
+            if let Some(ip) = entry.and_then(parse_address_ip) {
                 return Some(ip);
             }
         }
         self.source_ip()
     }
+}
+
+impl Parts {
+    fn from_list(headers: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        let mut p = Parts::default();
+        for (name, value) in headers {
+            p.add(&name, &value);
+        }
+        p
+    }
+
+    fn add(&mut self, name: &[u8], value: &[u8]) {
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        match name.as_str() {
+            ":method" => self.method = String::from_utf8_lossy(value).into_owned(),
+            ":path" => self.set_path(&uri_text(value)),
+            ":authority" => self.authority = uri_text(value).into_owned(),
+            ":scheme" => self.scheme = String::from_utf8_lossy(value).into_owned(),
+            _ if name.starts_with(':') => {}
+            _ => {
+                if name == "host" && self.authority.is_empty() {
+                    self.authority = uri_text(value).into_owned();
+                }
+                self.headers.push((name, value.to_vec()));
+            }
+        }
+    }
+
+    fn set_path(&mut self, path: &str) {
+        self.raw_path = path.to_string();
+        self.path_len = path.find('?').unwrap_or(path.len());
+        let q = self
+            .raw_path
+            .get(self.path_len + 1..)
+            .filter(|_| self.path_len < self.raw_path.len())
+            .unwrap_or("");
+        self.query = parse_query(q);
+    }
+}
+
+/// A header value as text: itself when it is UTF-8, otherwise each byte read as the Latin-1
+/// character of that code (lossless; the obs-text of RFC 9110 §5.5 historically was Latin-1).
+pub fn text(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(value.iter().map(|&b| char::from(b)).collect()),
+    }
+}
+
+/// Marks a key part that is shown in hex ([`key_text`]).
+pub const HEX_KEY_MARK: char = '\u{1e}';
+
+/// A header value as a key: itself when it is UTF-8 without control characters (other than
+/// HTAB), otherwise [`HEX_KEY_MARK`] and the bytes in lower-case hex. Distinct byte strings
+/// give distinct keys, and the same bytes always the same key.
+pub fn key_text(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => Cow::Borrowed(s),
+        _ => {
+            let mut out = String::with_capacity(1 + value.len() * 2);
+            out.push(HEX_KEY_MARK);
+            for b in value {
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+            Cow::Owned(out)
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `:path` / `:authority` bytes as a URI string: UTF-8 as is; otherwise every byte ≥ 0x80
+/// percent-encoded, the URI form of those octets.
+fn uri_text(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => {
+            let mut out = String::with_capacity(value.len() * 3);
+            for &b in value {
+                if b < 0x80 {
+                    out.push(char::from(b));
+                } else {
+                    out.push('%');
+                    out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
+                    out.push(char::from(HEX_UPPER[usize::from(b & 15)]));
+                }
+            }
+            Cow::Owned(out)
+        }
+    }
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !matches!(c, b' ' | b'\t'));
+    let end = b.iter().rposition(|c| !matches!(c, b' ' | b'\t'));
+    match (start, end) {
+        (Some(s), Some(e)) => &b[s..=e],
+        _ => &[],
+    }
+}
+
+fn trim_quotes(b: &[u8]) -> &[u8] {
+    let b = b.strip_prefix(b"\"").unwrap_or(b);
+    b.strip_suffix(b"\"").unwrap_or(b)
 }
 
 /// Parses `"1.2.3.4"`, `"1.2.3.4:80"`, `"::1"`, `"[::1]:80"`.
@@ -312,13 +481,13 @@ mod tests {
     fn headers_cookies_authority() {
         let r = req();
         assert_eq!(r.authority(), "api.example.com");
-        assert_eq!(r.header("x-forwarded-for"), Some("6.6.6.6, 1.1.1.1"));
+        assert_eq!(r.header("x-forwarded-for"), Some(&b"6.6.6.6, 1.1.1.1"[..]));
         assert_eq!(
             r.header_joined("x-forwarded-for").unwrap(),
-            "6.6.6.6, 1.1.1.1,2.2.2.2"
+            b"6.6.6.6, 1.1.1.1,2.2.2.2"
         );
-        assert_eq!(r.cookie("session"), Some("abc"));
-        assert_eq!(r.cookie("b"), Some("2"));
+        assert_eq!(r.cookie("session"), Some(&b"abc"[..]));
+        assert_eq!(r.cookie("b"), Some(&b"2"[..]));
         assert_eq!(r.cookie("c"), None);
     }
 
@@ -341,19 +510,63 @@ mod tests {
             FETCHES.fetch_add(1, Ordering::SeqCst);
             Some("10.1.2.3:5555".to_string())
         }
-        let headers = vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), "/a".to_string()),
-            ("x-forwarded-for".to_string(), "9.9.9.9".to_string()),
-        ];
-        let r = RequestView::from_headers_lazy(headers, fetch);
+        static HEADER_READS: AtomicUsize = AtomicUsize::new(0);
+        let r = RequestView::lazy(
+            Box::new(|| {
+                HEADER_READS.fetch_add(1, Ordering::SeqCst);
+                vec![
+                    (b":method".to_vec(), b"GET".to_vec()),
+                    (b":path".to_vec(), b"/a".to_vec()),
+                    (b"x-forwarded-for".to_vec(), b"9.9.9.9".to_vec()),
+                ]
+            }),
+            fetch,
+        );
+        assert!(!r.headers_read());
+        assert_eq!(HEADER_READS.load(Ordering::SeqCst), 0);
         assert_eq!(r.path(), "/a");
+        assert_eq!(r.method(), "GET");
+        assert_eq!(HEADER_READS.load(Ordering::SeqCst), 1);
         // Only X-Forwarded-For is needed here.
         assert_eq!(r.client_ip(1), Some("9.9.9.9".parse().unwrap()));
         assert_eq!(FETCHES.load(Ordering::SeqCst), 0);
         assert_eq!(r.client_ip(0), Some("10.1.2.3".parse().unwrap()));
         assert_eq!(r.source_ip(), Some("10.1.2.3".parse().unwrap()));
         assert_eq!(FETCHES.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn obs_text_values_are_bytes() {
+        let r = RequestView::from_header_bytes(
+            vec![
+                (b":method".to_vec(), b"GET".to_vec()),
+                (b":path".to_vec(), b"/caf\xe9?q=\xff".to_vec()),
+                (b":authority".to_vec(), b"h\xe9st".to_vec()),
+                (b"x-user-id".to_vec(), b"caf\xe9".to_vec()),
+                (b"cookie".to_vec(), b"s=\xfc\xfd; t=1".to_vec()),
+                (b"x-forwarded-for".to_vec(), b"\xff, 1.2.3.4".to_vec()),
+            ],
+            None,
+        );
+        assert_eq!(r.header("x-user-id"), Some(&b"caf\xe9"[..]));
+        assert_eq!(r.header_text("x-user-id").unwrap(), "caf\u{e9}");
+        assert_eq!(r.path(), "/caf%E9");
+        assert_eq!(r.authority(), "h%E9st");
+        assert_eq!(r.cookie("s"), Some(&b"\xfc\xfd"[..]));
+        assert_eq!(r.client_ip(1), Some("1.2.3.4".parse().unwrap()));
+        // The untrusted entry is not an IP: the peer (none here) is used.
+        assert_eq!(r.client_ip(2), None);
+    }
+
+    #[test]
+    fn key_text_is_stable_and_distinct() {
+        assert_eq!(key_text(b"alice"), "alice");
+        assert_eq!(key_text("café".as_bytes()), "café");
+        let latin1 = key_text(b"caf\xe9");
+        assert_eq!(latin1, "\u{1e}636166e9");
+        assert_ne!(latin1, key_text("café".as_bytes()));
+        assert_ne!(key_text(b"\x1e636166e9"), latin1);
+        assert_eq!(key_text(b"caf\xe9"), latin1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use switchyard_core::abi::{self, Map};
 use switchyard_core::hash::stable_hash64;
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::metrics::Metrics;
@@ -171,8 +172,7 @@ impl Context for HashringRoot {
         let Some(rt) = self.runtime.clone() else {
             return;
         };
-        let status = self
-            .get_http_call_response_header(":status")
+        let status = host::http_call_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
         match status {
@@ -182,12 +182,8 @@ impl Context for HashringRoot {
                 rt.metrics.inc("hosts_from_rejected");
             }
             200 => {
-                let body = self
-                    .get_http_call_response_body(0, body_size)
-                    .unwrap_or_default();
-                let etag = self
-                    .get_http_call_response_header("etag")
-                    .unwrap_or_default();
+                let body = host::http_call_body(body_size).unwrap_or_default();
+                let etag = host::http_call_header("etag").unwrap_or_default();
                 self.store_fetched(&rt, &body, &etag);
             }
             other => {
@@ -275,7 +271,7 @@ impl HashringRoot {
         if !etag.is_empty() {
             headers.push(("if-none-match", etag.as_str()));
         }
-        match self.dispatch_http_call(&hf.cluster, headers, None, vec![], hf.timeout.std()) {
+        match host::http_call(&hf.cluster, &headers, &[], hf.timeout.std()) {
             Ok(_) => {
                 self.fetching = true;
                 rt.metrics.inc("hosts_from_fetches");
@@ -332,7 +328,7 @@ impl RootContext for HashringRoot {
             // Adopt a set another worker already fetched, then check for changes regularly.
             runtime.sync_host_set();
             let tick = hf.interval.std().min(std::time::Duration::from_secs(1));
-            self.set_tick_period(tick);
+            host::set_tick_period(tick);
         }
         log::info!(
             "switchyard hashring: {} over {} hosts",
@@ -388,7 +384,7 @@ impl HttpContext for HashringHttp {
         let Some(rt) = self.runtime.clone() else {
             return Action::Continue;
         };
-        let view = host::request_view(self);
+        let view = host::request_view();
         let now = host::now_nanos();
         let set = rt.current();
         self.set = Some(set.clone());
@@ -489,16 +485,15 @@ impl HttpContext for HashringHttp {
             .collect();
         match &rt.config.output {
             // Always overwritten: a client-sent value must never reach the load balancer.
-            Output::Header(name) => {
-                self.set_http_request_header(name, Some(&header_value(&addresses)))
-            }
+            Output::Header(name) => host::set_header(
+                Map::RequestHeaders,
+                name,
+                Some(header_value(&addresses).as_bytes()),
+            ),
             Output::OriginalDst => {
                 if let Some(chosen) = addresses.first() {
                     let args = set_filter_state_args(ORIGINAL_DST_KEY, chosen);
-                    if let Err(e) = proxy_wasm::hostcalls::call_foreign_function(
-                        "set_envoy_filter_state",
-                        Some(&args),
-                    ) {
+                    if let Err(e) = abi::call_foreign_function("set_envoy_filter_state", &args) {
                         log::warn!("switchyard hashring: set_envoy_filter_state failed: {e:?}");
                         rt.metrics.inc("output_errors");
                     }
@@ -525,7 +520,7 @@ impl HttpContext for HashringHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let (Some(rt), Some(explain)) = (&self.runtime, &self.explain) {
             if let Some(name) = &rt.config.debug_header {
-                self.set_http_response_header(name, Some(explain));
+                host::set_header(Map::ResponseHeaders, name, Some(explain.as_bytes()));
             }
         }
         Action::Continue
@@ -566,12 +561,6 @@ fn record_metrics(metrics: &Metrics, set: &HostSet, sel: &Selection) {
 }
 
 impl HashringHttp {
-    fn property_u64(&self, path: Vec<&str>) -> Option<u64> {
-        let bytes = self.get_property(path)?;
-        let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-        Some(u64::from_le_bytes(arr))
-    }
-
     /// Attributes the stream's outcome to the host that served it (`upstream.address`). With
     /// the header output, retries walk the listed hosts in order, so hosts listed before the
     /// one that finally served were tried and failed.
@@ -579,16 +568,13 @@ impl HashringHttp {
         let (Some(health), Some(set)) = (&rt.config.health, &self.set) else {
             return;
         };
-        let served = self
-            .get_property(vec!["upstream", "address"])
-            .and_then(|b| String::from_utf8(b).ok())
-            .filter(|s| !s.is_empty());
+        let served = host::property_text(&["upstream", "address"]).filter(|s| !s.is_empty());
         let Some(served) = served else {
             // Never reached an upstream (local reply before routing): nothing to attribute.
             return;
         };
-        let code = self.property_u64(vec!["response", "code"]).unwrap_or(0);
-        let flags = self.property_u64(vec!["response", "flags"]).unwrap_or(0);
+        let code = host::property_u64(&["response", "code"]).unwrap_or(0);
+        let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
         let failed = code >= 500 || flags & UPSTREAM_FAILURE_FLAGS != 0;
         if code == 0 && !failed {
             // No response and no upstream fault (e.g. the client went away): unknown.

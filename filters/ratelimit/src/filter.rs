@@ -5,10 +5,10 @@ use crate::bucket::Bucket;
 use crate::config;
 use crate::engine::{Limiter, Outcome, Verdict};
 use crate::response;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
+use switchyard_core::abi::Map;
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::metrics::Metrics;
 use switchyard_core::shared::ensure_key;
@@ -54,10 +54,7 @@ impl RootContext for RateLimitRoot {
         };
         // State is per plugin instance; keys survive reconfiguration, and entries of rules
         // whose limits changed are ignored (see `Rule::tag`).
-        let namespace = hostcalls::get_property(vec!["plugin_name"])
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
+        let namespace = host::property_text(&["plugin_name"])
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".to_string());
         let limiter = Limiter::new(settings, &namespace);
@@ -149,7 +146,7 @@ impl HttpContext for RateLimitHttp {
         let Some(limiter) = self.limiter.clone() else {
             return Action::Continue;
         };
-        let req = host::request_view(self);
+        let req = host::request_view();
         let outcome = limiter.decide(&HostStore, &req, host::now_nanos());
         self.record(&limiter, &outcome);
         let settings = &limiter.settings;
@@ -160,14 +157,16 @@ impl HttpContext for RateLimitHttp {
                     settings.rules.get(rule).map(|r| r.name.as_str()).unwrap_or("")
                 );
             }
-            let headers: Vec<(&str, &str)> = reject
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            self.replied_locally = true;
-            self.send_http_response(reject.status, headers, Some(reject.body.as_bytes()));
-            return Action::Pause;
+            if host::send_local_text(
+                reject.status,
+                "switchyard_ratelimit",
+                &reject.headers,
+                reject.body.as_bytes(),
+            ) {
+                self.replied_locally = true;
+                return Action::Pause;
+            }
+            return Action::Continue;
         }
         if let Some(shadow) = response::shadow_header(settings, &outcome) {
             log::info!(
@@ -188,7 +187,7 @@ impl HttpContext for RateLimitHttp {
             return Action::Continue;
         }
         for (name, value) in &self.response_headers {
-            self.set_http_response_header(name, Some(value));
+            host::set_header(Map::ResponseHeaders, name, Some(value.as_bytes()));
         }
         Action::Continue
     }

@@ -3,12 +3,12 @@
 use crate::config::{parse_router_config, RouterConfig};
 use crate::reload::{self, FetchResult, Keys};
 use crate::table::{HeaderOps, Matched, MirrorPlan, Outcome, Table, NOT_FOUND_BODY};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration as StdDuration;
+use switchyard_core::abi::{self, Buffer, Map};
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::metrics::Metrics;
 
@@ -134,13 +134,7 @@ impl RouterRoot {
         if !etag.is_empty() {
             headers.push(("if-none-match", etag.as_str()));
         }
-        match hostcalls::dispatch_http_call(
-            &spec.cluster,
-            headers,
-            None,
-            vec![],
-            spec.timeout.std(),
-        ) {
+        match host::http_call(&spec.cluster, &headers, &[], spec.timeout.std()) {
             Ok(token) => self.fetch_token = Some(token),
             Err(e) => {
                 // Release the lease: the next attempt is one interval away, not interval + timeout.
@@ -158,21 +152,18 @@ impl RouterRoot {
         let (Some(spec), Some(keys)) = (&plugin.config.reload, &plugin.keys) else {
             return;
         };
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let headers = host::http_call_headers();
         let header = |n: &str| {
             headers
                 .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.as_str())
+                .find(|(k, _)| k.eq_ignore_ascii_case(n.as_bytes()))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
         };
         let status = header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
         let body = if status == 200 {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
+            host::http_call_body(body_size).unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -304,11 +295,7 @@ impl RootContext for RouterRoot {
         }
         metrics.define_gauge("table_version");
         let keys = config.reload.as_ref().map(|r| {
-            let root_id = hostcalls::get_property(vec!["plugin_root_id"])
-                .ok()
-                .flatten()
-                .and_then(|b| String::from_utf8(b).ok())
-                .unwrap_or_default();
+            let root_id = host::property_text(&["plugin_root_id"]).unwrap_or_default();
             Keys::new(&root_id, &r.cluster, &r.path)
         });
         if let Some(k) = &keys {
@@ -344,7 +331,7 @@ impl RootContext for RouterRoot {
         if let Some(t) = tick {
             // The first fetch waits for the first tick: during configuration Envoy's cluster
             // manager may not be ready, and a call dispatched then can stay unanswered.
-            let _ = hostcalls::set_tick_period(t);
+            host::set_tick_period(t);
         }
         log::info!(
             "switchyard router: configured with {} routes",
@@ -381,7 +368,7 @@ impl RootContext for RouterRoot {
 /// A mirror copy waiting for the request body.
 struct PendingMirror {
     plan: MirrorPlan,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
 }
 
@@ -397,14 +384,18 @@ struct RouterHttp {
 }
 
 fn apply_request_ops(ops: &HeaderOps) {
+    apply_ops(Map::RequestHeaders, ops);
+}
+
+fn apply_ops(map: Map, ops: &HeaderOps) {
     for name in &ops.remove {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        host::set_header(map, name, None);
     }
     for (name, value) in &ops.set {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        host::set_header(map, name, Some(value.as_bytes()));
     }
     for (name, value) in &ops.append {
-        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+        host::add_header(map, name, value.as_bytes());
     }
 }
 
@@ -436,23 +427,17 @@ impl RouterHttp {
     }
 
     fn send_mirror(&self, m: PendingMirror) {
-        let headers: Vec<(&str, &str)> = m
+        let headers: Vec<(&str, &[u8])> = m
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
-        let body = (!m.body.is_empty()).then_some(m.body.as_slice());
+        let timeout_ms = u32::try_from(m.plan.timeout.std().as_millis()).unwrap_or(u32::MAX);
         // Dispatched as the root context: Envoy cancels a stream context's calls when the
         // request ends, and a mirror must outlive a fast original.
-        let _ = hostcalls::set_effective_context(self.plugin.root_context_id);
-        let sent = hostcalls::dispatch_http_call(
-            &m.plan.cluster,
-            headers,
-            body,
-            vec![],
-            m.plan.timeout.std(),
-        );
-        let _ = hostcalls::set_effective_context(self.context_id);
+        host::set_effective_context(self.plugin.root_context_id);
+        let sent = abi::http_call(&m.plan.cluster, &headers, &m.body, timeout_ms);
+        host::set_effective_context(self.context_id);
         match sent {
             Ok(_) => {
                 if let Some((table, _)) = &self.table {
@@ -471,16 +456,15 @@ impl RouterHttp {
 
     fn prepare_mirror(&self, plan: MirrorPlan) -> PendingMirror {
         let mut headers = Vec::new();
-        for (k, v) in hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default() {
+        for (k, mut v) in host::headers(Map::RequestHeaders) {
+            let k = String::from_utf8_lossy(&k).into_owned();
             if MIRROR_SKIP.contains(&k.as_str()) || k == self.plugin.config.cluster_header {
                 continue;
             }
             // Envoy's convention: the shadow sees the host suffixed with "-shadow".
-            let v = if k == ":authority" {
-                format!("{v}-shadow")
-            } else {
-                v
-            };
+            if k == ":authority" {
+                v.extend_from_slice(b"-shadow");
+            }
             headers.push((k, v));
         }
         PendingMirror {
@@ -500,7 +484,7 @@ impl HttpContext for RouterHttp {
             let live = self.plugin.live.borrow();
             (live.table.clone(), live.version)
         };
-        let req = host::request_view(self);
+        let req = host::request_view();
         let plugin = self.plugin.clone();
         let mut rng = || plugin.random();
         let decision = table.decide(&req, &mut rng, self.plugin.config.explain);
@@ -525,20 +509,16 @@ impl HttpContext for RouterHttp {
                 mirror,
             } => {
                 // Always overwritten, so clients cannot pick a cluster themselves.
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
+                host::set_header(
+                    Map::RequestHeaders,
                     cluster_header,
-                    Some(&cluster),
+                    Some(cluster.as_bytes()),
                 );
                 if let Some(p) = &path {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(p));
+                    host::set_header(Map::RequestHeaders, ":path", Some(p.as_bytes()));
                 }
                 if let Some(a) = &authority {
-                    let _ = hostcalls::set_map_value(
-                        MapType::HttpRequestHeaders,
-                        ":authority",
-                        Some(a),
-                    );
+                    host::set_header(Map::RequestHeaders, ":authority", Some(a.as_bytes()));
                 }
                 if let Some(a) = table.action(decision.matched) {
                     apply_request_ops(&a.request_headers);
@@ -556,33 +536,30 @@ impl HttpContext for RouterHttp {
                 Action::Continue
             }
             Outcome::Redirect { status, location } => {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, cluster_header, None);
+                host::set_header(Map::RequestHeaders, cluster_header, None);
                 let mut headers = vec![("location".to_string(), location)];
                 local_headers(&mut headers, &response_ops);
                 self.debug_headers(&mut headers, version);
                 self.count(&table, "redirected");
-                send_local(u32::from(status), &headers, None);
-                Action::Pause
+                send_local(u32::from(status), &headers, &[])
             }
             Outcome::Respond {
                 status,
                 body,
                 headers: mut h,
             } => {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, cluster_header, None);
+                host::set_header(Map::RequestHeaders, cluster_header, None);
                 local_headers(&mut h, &response_ops);
                 self.debug_headers(&mut h, version);
                 self.count(&table, "responded");
-                send_local(u32::from(status), &h, Some(body.as_bytes()));
-                Action::Pause
+                send_local(u32::from(status), &h, body.as_bytes())
             }
             Outcome::NotFound => {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, cluster_header, None);
+                host::set_header(Map::RequestHeaders, cluster_header, None);
                 self.plugin.metrics.inc("no_route");
                 let mut h = vec![("content-type".to_string(), "text/plain".to_string())];
                 self.debug_headers(&mut h, version);
-                send_local(404, &h, Some(NOT_FOUND_BODY.as_bytes()));
-                Action::Pause
+                send_local(404, &h, NOT_FOUND_BODY.as_bytes())
             }
         }
     }
@@ -590,7 +567,7 @@ impl HttpContext for RouterHttp {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(mut m) = self.mirror.take() {
             // The original streams on untouched; the copy keeps what it has seen so far.
-            let chunk = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            let chunk = abi::buffer(Buffer::RequestBody, 0, body_size)
                 .ok()
                 .flatten()
                 .unwrap_or_default();
@@ -623,33 +600,23 @@ impl HttpContext for RouterHttp {
             return Action::Continue;
         };
         if let Some(a) = table.action(self.matched) {
-            let ops = &a.response_headers;
-            for name in &ops.remove {
-                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
-            }
-            for (name, value) in &ops.set {
-                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
-            }
-            for (name, value) in &ops.append {
-                let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
-            }
+            apply_ops(Map::ResponseHeaders, &a.response_headers);
         }
         let mut extra = Vec::new();
         self.debug_headers(&mut extra, version);
         for (k, v) in extra {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &k, Some(&v));
+            host::set_header(Map::ResponseHeaders, &k, Some(v.as_bytes()));
         }
         Action::Continue
     }
 }
 
-fn send_local(status: u32, headers: &[(String, String)], body: Option<&[u8]>) {
-    let h: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    if let Err(e) = hostcalls::send_http_response(status, h, body) {
-        log::error!("switchyard router: cannot send local response {status}: {e:?}");
+/// Answers locally; `Pause` when the host took the reply, `Continue` when it refused.
+fn send_local(status: u32, headers: &[(String, String)], body: &[u8]) -> Action {
+    if host::send_local_text(status, "switchyard_router", headers, body) {
+        Action::Pause
+    } else {
+        Action::Continue
     }
 }
 
