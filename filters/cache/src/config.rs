@@ -15,6 +15,8 @@ struct RawConfig {
     max_entry_bytes: u64,
     #[serde(default)]
     max_entries: Option<u64>,
+    #[serde(default)]
+    max_collect_bytes: Option<u64>,
     #[serde(default = "default_eviction")]
     eviction: String,
     #[serde(default = "default_sample")]
@@ -119,6 +121,8 @@ pub struct PurgeConfig {
 pub struct Config {
     pub max_bytes: u64,
     pub max_entry_bytes: u64,
+    /// Bytes of response bodies one VM (worker) may hold while collecting misses to store.
+    pub max_collect_bytes: u64,
     pub slots: usize,
     pub eviction: Eviction,
     pub eviction_sample: usize,
@@ -195,6 +199,15 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         return Err(ConfigError::new(
             "max_entry_bytes",
             "must be between 1 and max_bytes",
+        ));
+    }
+    let max_collect_bytes = raw
+        .max_collect_bytes
+        .unwrap_or(raw.max_entry_bytes.saturating_mul(16).max(16 << 20));
+    if max_collect_bytes < raw.max_entry_bytes {
+        return Err(ConfigError::new(
+            "max_collect_bytes",
+            "must be at least max_entry_bytes",
         ));
     }
     let slots = match raw.max_entries {
@@ -307,6 +320,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
     Ok(Config {
         max_bytes: raw.max_bytes,
         max_entry_bytes: raw.max_entry_bytes,
+        max_collect_bytes,
         slots,
         eviction,
         eviction_sample: raw.eviction_sample as usize,

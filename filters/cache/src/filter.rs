@@ -3,7 +3,9 @@
 
 use crate::config::{self, Config, PurgeConfig};
 use crate::entry::Entry;
-use crate::key::{normalise_authority, uri_hash, variant_hash, vary_names, vary_values, CacheKey};
+use crate::key::{
+    key_origin, normalise_authority, uri_hash, variant_hash, vary_names, vary_values, CacheKey,
+};
 use crate::locks::{Acquire, Locks};
 use crate::respond::{self, Outcome};
 use crate::rfc::{
@@ -13,7 +15,7 @@ use crate::rfc::{
 use crate::store::{Hit, InsertError, Store, StoreConfig};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
@@ -44,6 +46,7 @@ const COUNTERS: &[&str] = &[
     "bypass",
     "coalesced",
     "too_large",
+    "collect_budget_exceeded",
 ];
 
 /// A request waiting for another request's upstream fetch of the same key.
@@ -82,6 +85,8 @@ struct Runtime {
     policy: Policy,
     metrics: Metrics,
     state: RefCell<VmState>,
+    /// Body bytes this VM holds for misses being collected (bounded by `max_collect_bytes`).
+    collecting: Rc<Cell<u64>>,
 }
 
 impl Runtime {
@@ -432,6 +437,7 @@ impl RootContext for CacheRoot {
             locks_key: format!("{prefix}locks"),
             metrics: Metrics::new(NAME),
             state: RefCell::new(VmState::default()),
+            collecting: Rc::new(Cell::new(0)),
         };
         if let Err(e) = rt.store().init().and_then(|_| rt.locks().init()) {
             log::error!("switchyard cache: shared data unavailable: {e:?}");
@@ -495,8 +501,33 @@ struct Request {
     request_time: u64,
 }
 
+/// A response body being collected for storage. Its bytes count against the VM's
+/// `max_collect_bytes` until it is dropped, however the stream ends.
 struct Collect {
     entry: Entry,
+    budget: Rc<Cell<u64>>,
+}
+
+impl Collect {
+    /// Appends a chunk if the VM's budget allows; `false` (nothing appended) if not.
+    fn append(&mut self, chunk: &[u8], max: u64) -> bool {
+        let n = chunk.len() as u64;
+        let held = self.budget.get();
+        if held.saturating_add(n) > max {
+            return false;
+        }
+        self.budget.set(held + n);
+        self.entry.body.extend_from_slice(chunk);
+        true
+    }
+}
+
+impl Drop for Collect {
+    fn drop(&mut self) {
+        let held = self.budget.get();
+        self.budget
+            .set(held.saturating_sub(self.entry.body.len() as u64));
+    }
 }
 
 pub struct CacheHttp {
@@ -549,7 +580,6 @@ impl CacheHttp {
             return self.local(403, outcome, rt, "purge: missing or wrong token\n");
         }
         let store = rt.store();
-        let authority = normalise_authority(view.authority());
         let split_tags = |tags: &str| -> Vec<String> {
             tags.split([',', ' '])
                 .map(str::trim)
@@ -593,8 +623,12 @@ impl CacheHttp {
         let purged = if let Some(wanted) = tags {
             store.remove_entries_where(|e| e.tags.iter().any(|t| wanted.contains(t)))
         } else if let Some(pre) = prefix {
-            let start = format!("GET\n{authority}\n{pre}");
-            store.remove_entries_where(|e| e.key.starts_with(&start))
+            // Entries of either scheme under this authority.
+            let starts: Vec<String> = ["http", "https"]
+                .iter()
+                .map(|scheme| format!("{}{pre}", key_origin(scheme, view.authority())))
+                .collect();
+            store.remove_entries_where(|e| starts.iter().any(|s| e.key.starts_with(s)))
         } else if let Some(target) = key_view {
             let key = rt.cfg.key.key(&target);
             store.remove_primary(key.hash)
@@ -775,7 +809,10 @@ impl CacheHttp {
             Ok(()) => {
                 let entry =
                     rt.build_entry(&req.key, &req.view, status, headers, req.request_time, now);
-                self.collect = Some(Collect { entry });
+                self.collect = Some(Collect {
+                    entry,
+                    budget: rt.collecting.clone(),
+                });
                 if let Outcome::Forward { stored, .. } = &mut outcome {
                     *stored = content_length.is_some();
                 }
@@ -836,7 +873,8 @@ impl HttpContext for CacheHttp {
         };
         let view = host::request_view();
         let now = host::now_nanos();
-        let method = view.method().to_ascii_uppercase();
+        // Methods are case-sensitive (RFC 9110 §9.1): `get` is not `GET` and is not cached.
+        let method = view.method().to_string();
         if let Some(p) = &rt.cfg.purge {
             if method == p.method || p.path.as_deref() == Some(view.path()) {
                 return self.purge(&rt, &view, p);
@@ -969,13 +1007,23 @@ impl HttpContext for CacheHttp {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            let too_large = match &mut self.collect {
+            let (too_large, over_budget) = match &mut self.collect {
                 Some(c) => {
-                    c.entry.body.extend_from_slice(&chunk);
-                    c.entry.body.len() as u64 > rt.cfg.max_entry_bytes
+                    let appended = c.append(&chunk, rt.cfg.max_collect_bytes);
+                    (
+                        c.entry.body.len() as u64 > rt.cfg.max_entry_bytes,
+                        !appended,
+                    )
                 }
-                None => false,
+                None => (false, false),
             };
+            if over_budget {
+                // Too many large misses in flight on this worker: this one passes uncached.
+                self.collect = None;
+                rt.metrics.inc("collect_budget_exceeded");
+                self.release_lock(&rt);
+                return Action::Continue;
+            }
             if too_large {
                 // Give up storing; the body keeps streaming to the client untouched.
                 self.collect = None;
@@ -1007,5 +1055,30 @@ impl HttpContext for CacheHttp {
             st.waiters.retain(|w| w.context_id != id);
             st.served.remove(&id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collect_budget_is_shared_per_vm_and_released_on_drop() {
+        let budget = Rc::new(Cell::new(0));
+        let new = || Collect {
+            entry: Entry::default(),
+            budget: budget.clone(),
+        };
+        let (mut a, mut b) = (new(), new());
+        assert!(a.append(&[0; 600], 1000));
+        // The second miss would take the VM past its budget: refused, nothing appended.
+        assert!(!b.append(&[0; 600], 1000));
+        assert!(b.entry.body.is_empty());
+        assert!(b.append(&[0; 400], 1000));
+        assert_eq!(budget.get(), 1000);
+        drop(a);
+        assert_eq!(budget.get(), 400);
+        drop(b);
+        assert_eq!(budget.get(), 0);
     }
 }

@@ -32,14 +32,21 @@ pub struct CacheKey {
     pub uri_hash: u64,
 }
 
-/// `authority` lower-cased without a default port, so `Example.com:80` and `example.com` share
-/// entries.
+/// `authority` lower-cased (host names are case-insensitive). A port stays: the key is the
+/// authority as it is forwarded, so `example.com:80` and `example.com` never share an entry
+/// that the upstream might have answered differently.
 pub fn normalise_authority(authority: &str) -> String {
-    let a = authority.to_ascii_lowercase();
-    match a.strip_suffix(":80").or_else(|| a.strip_suffix(":443")) {
-        Some(stripped) => stripped.to_string(),
-        None => a,
-    }
+    authority.to_ascii_lowercase()
+}
+
+/// The part of a primary key before the path: method class, scheme and authority.
+pub fn key_origin(scheme: &str, authority: &str) -> String {
+    let scheme = if scheme.is_empty() { "http" } else { scheme };
+    format!(
+        "GET\n{}://{}\n",
+        scheme.to_ascii_lowercase(),
+        normalise_authority(authority)
+    )
 }
 
 /// Hash of a URI for invalidation: authority and path only, so an unsafe request to
@@ -80,11 +87,8 @@ impl KeySpec {
     /// The primary key of a request. GET and HEAD share a key ("method class"), so a HEAD is
     /// answered from a stored GET.
     pub fn key(&self, req: &RequestView) -> CacheKey {
-        let authority = normalise_authority(req.authority());
-        let mut text = String::with_capacity(64);
-        text.push_str("GET\n");
-        text.push_str(&authority);
-        text.push('\n');
+        let authority = req.authority();
+        let mut text = key_origin(req.scheme(), authority);
         text.push_str(req.path());
         let q = normalised_query(req.query_string(), &self.query);
         if !q.is_empty() {
@@ -105,7 +109,7 @@ impl KeySpec {
         }
         CacheKey {
             hash: stable_hash64(text.as_bytes()),
-            uri_hash: uri_hash(&authority, req.path()),
+            uri_hash: uri_hash(authority, req.path()),
             text,
         }
     }
@@ -200,8 +204,25 @@ mod tests {
     #[test]
     fn method_class_authority_and_headers() {
         let s = spec(QueryKey::All, &["x-tenant"]);
-        let head = RequestView::new("HEAD", "/a").with_authority("example.com:80");
+        let head = RequestView::new("HEAD", "/a").with_authority("example.com");
         assert_eq!(s.key(&get("/a")).text, s.key(&head).text);
+        // The authority as forwarded: an explicit default port is another key.
+        let port = RequestView::new("GET", "/a").with_authority("example.com:80");
+        assert_ne!(s.key(&get("/a")), s.key(&port));
+        // The scheme is part of the key.
+        let https = get("/a").with_header(":scheme", "https");
+        assert_ne!(s.key(&get("/a")), s.key(&https));
+        // An absent key header is not an empty one.
+        let empty = get("/a").with_header("x-tenant", "");
+        assert_ne!(s.key(&get("/a")), s.key(&empty));
+        // Bytes that are not UTF-8 key stably and apart from their UTF-8 look-alike.
+        let latin1 = get("/a").with_header_bytes("x-tenant", b"caf\xe9");
+        let utf8 = get("/a").with_header("x-tenant", "café");
+        assert_ne!(s.key(&latin1), s.key(&utf8));
+        assert_eq!(
+            s.key(&latin1),
+            s.key(&get("/a").with_header_bytes("x-tenant", b"caf\xe9"))
+        );
         let other_host = RequestView::new("GET", "/a").with_authority("other.com");
         assert_ne!(s.key(&get("/a")), s.key(&other_host));
         let t1 = get("/a").with_header("x-tenant", "1");

@@ -20,7 +20,14 @@ const NOT_STORED: &[&str] = &[
     "x-cache",
     "cache-status",
     "x-envoy-upstream-service-time",
+    // Per-request debug fields of the other Switchyard filters (hashring's usual
+    // `debug_header`; the router's `x-switchyard-*`): they describe one request's decision
+    // and must never be replayed to other users.
+    "x-hash-explain",
 ];
+
+/// Prefix of the router's per-request debug fields (`x-switchyard-route`, ...).
+const NOT_STORED_PREFIX: &str = "x-switchyard-";
 
 /// Fields a 304 must not overwrite in the stored response (RFC 9111 §3.2).
 const NOT_UPDATED_BY_304: &[&str] = &[
@@ -49,6 +56,7 @@ pub fn stored_headers(headers: &[Field], now_secs: u64) -> Vec<Field> {
         .filter(|(k, _)| {
             !k.starts_with(':')
                 && !NOT_STORED.contains(&k.as_str())
+                && !k.starts_with(NOT_STORED_PREFIX)
                 && k != "set-cookie"
                 && k != "set-cookie2"
                 && !connection_listed.contains(k)
@@ -212,7 +220,15 @@ pub fn same_authority_path(value: &str, authority: &str) -> Option<String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    (normalise_authority(host) == normalise_authority(authority)).then(|| strip_query(path))
+    // Same origin: default ports are the same authority here (RFC 3986 §6.2.3).
+    let origin = |a: &str| {
+        let a = normalise_authority(a);
+        match a.strip_suffix(":80").or_else(|| a.strip_suffix(":443")) {
+            Some(s) => s.to_string(),
+            None => a,
+        }
+    };
+    (origin(host) == origin(authority)).then(|| strip_query(path))
 }
 
 #[cfg(test)]
@@ -343,6 +359,18 @@ mod tests {
         let nm = not_modified_headers(&e, 7, &o, "n");
         assert!(nm.contains(&("etag".into(), "\"a\"".into())));
         assert!(!nm.iter().any(|(k, _)| k == "content-type"));
+    }
+
+    #[test]
+    fn other_filters_debug_headers_are_not_stored() {
+        let h = hv(&[
+            ("content-type", "text/plain"),
+            ("x-hash-explain", "key=user; host=10.0.0.1:80"),
+            ("x-switchyard-route", "v1 route=api"),
+            ("x-switchyard-table-version", "3"),
+        ]);
+        let names: Vec<String> = stored_headers(&h, 0).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, vec!["content-type", "date"]);
     }
 
     #[test]

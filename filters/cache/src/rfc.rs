@@ -553,7 +553,8 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
     } else {
         return None;
     };
-    if !(1..=31).contains(&d) || y < 1970 {
+    // Four-digit years only (RFC 9110 §5.6.7): a crafted year cannot overflow the arithmetic.
+    if !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
         return None;
     }
     let days = days_from_civil(y, mo, d);
@@ -1082,6 +1083,17 @@ mod tests {
             1,
             30
         ));
+    }
+
+    #[test]
+    fn http_dates_with_huge_years_are_invalid_not_overflows() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 9223372036854775807 08:49:37 GMT"),
+            None
+        );
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 99999999999"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 10000 08:49:37 GMT"), None);
+        assert!(parse_http_date("Fri, 31 Dec 9999 23:59:59 GMT").is_some());
     }
 
     #[test]
