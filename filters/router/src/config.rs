@@ -223,6 +223,13 @@ pub fn parse_router_config(bytes: &[u8]) -> Result<RouterConfig, ConfigError> {
     }
     if let Some(r) = &spec.reload {
         check_reload(r)?;
+        // A fetched table must not be able to send traffic (or mirror copies) anywhere else.
+        if spec.known_clusters.is_none() {
+            return Err(ConfigError::new(
+                "known_clusters",
+                "required when reload is set: a fetched table may only route and mirror to the clusters listed here",
+            ));
+        }
     }
     let table = compile_table(
         &spec.routes,

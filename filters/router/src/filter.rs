@@ -162,15 +162,11 @@ impl RouterRoot {
         let status = header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        let body = if status == 200 {
-            host::http_call_body(body_size).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
         let result = reload::evaluate_fetch(
             status,
             header("etag"),
-            &body,
+            body_size,
+            || host::http_call_body(body_size).unwrap_or_default(),
             spec.max_bytes,
             plugin.config.known_clusters.as_deref(),
             &plugin.config.cluster_header,
@@ -216,7 +212,7 @@ impl RouterRoot {
                     plugin.live.borrow().version
                 );
             }
-            FetchResult::Accepted { table, .. } => {
+            FetchResult::Accepted { table, body, .. } => {
                 self.last_failure = None;
                 match reload::publish(&HostStore, keys, &body) {
                     Ok(version) => {

@@ -168,7 +168,12 @@ pub enum FetchResult {
     /// 304: the table in force is current.
     NotModified,
     /// 200 with a valid table.
-    Accepted { table: Box<Table>, etag: String },
+    /// `body` is the table document as fetched, to publish for the other workers.
+    Accepted {
+        table: Box<Table>,
+        etag: String,
+        body: Vec<u8>,
+    },
     /// 200 with an invalid table: the error names the field.
     Rejected { error: ConfigError, etag: String },
     /// The endpoint failed (status, size); nothing changes.
@@ -177,10 +182,14 @@ pub enum FetchResult {
 
 /// Evaluates a fetch response. The table is validated completely against the plugin's
 /// known clusters before anything is published.
+///
+/// `read_body` copies the body into the VM; it runs only when `body_size` is within
+/// `max_bytes`, so an oversized answer is never copied.
 pub fn evaluate_fetch(
     status: u16,
     etag: Option<&str>,
-    body: &[u8],
+    body_size: usize,
+    read_body: impl FnOnce() -> Vec<u8>,
     max_bytes: usize,
     known_clusters: Option<&[String]>,
     cluster_header: &str,
@@ -189,22 +198,23 @@ pub fn evaluate_fetch(
     match status {
         304 => FetchResult::NotModified,
         200 => {
-            if body.len() > max_bytes {
+            if body_size > max_bytes {
                 return FetchResult::Rejected {
                     error: ConfigError::new(
                         "",
                         format!(
-                            "table is {} bytes, more than reload.max_bytes {max_bytes}",
-                            body.len()
+                            "table is {body_size} bytes, more than reload.max_bytes {max_bytes}"
                         ),
                     ),
                     etag,
                 };
             }
-            match parse_table(body, known_clusters, cluster_header) {
+            let body = read_body();
+            match parse_table(&body, known_clusters, cluster_header) {
                 Ok(table) => FetchResult::Accepted {
                     table: Box::new(table),
                     etag,
+                    body,
                 },
                 Err(error) => FetchResult::Rejected { error, etag },
             }

@@ -2,6 +2,25 @@
 
 use crate::config::{parse_router_config, parse_table};
 use crate::reload::{self, evaluate_fetch, FetchResult, Keys};
+
+fn fetch(
+    status: u16,
+    etag: Option<&str>,
+    body: &[u8],
+    max_bytes: usize,
+    known: Option<&[String]>,
+    header: &str,
+) -> FetchResult {
+    evaluate_fetch(
+        status,
+        etag,
+        body.len(),
+        || body.to_vec(),
+        max_bytes,
+        known,
+        header,
+    )
+}
 use crate::table::{split_at, Matched, Outcome, Table};
 use serde_json::{json, Value};
 use switchyard_core::shared::{MemStore, SharedStore};
@@ -28,7 +47,8 @@ const ISSUE_CONFIG: &str = r#"{
      "action": {"cluster": "search", "mirror": {"cluster": "search-next", "percent": 5}}}
   ],
   "default": {"cluster": "web"},
-  "reload": {"cluster": "routes-config", "path": "/routes.json", "interval": "5s"}
+  "reload": {"cluster": "routes-config", "path": "/routes.json", "interval": "5s"},
+  "known_clusters": ["api-v1", "api-v2", "users", "search", "search-next", "web", "routes-config"]
 }"#;
 
 fn issue_table() -> Table {
@@ -602,17 +622,34 @@ fn publish_bumps_versions_only_on_change() {
 }
 
 #[test]
+fn reload_requires_known_clusters_and_never_copies_an_oversized_body() {
+    let cfg = json!({"default": {"cluster": "a"}, "reload": {"cluster": "c", "path": "/r"}});
+    let err = parse_router_config(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(err.path, "known_clusters");
+    let r = evaluate_fetch(
+        200,
+        None,
+        1 << 30,
+        || panic!("body copied"),
+        1 << 20,
+        None,
+        "h",
+    );
+    assert!(matches!(r, FetchResult::Rejected { .. }));
+}
+
+#[test]
 fn fetch_results() {
     let good = br#"{"routes": [{"name": "a", "action": {"cluster": "x"}}], "default": {"cluster": "web"}}"#;
     assert!(matches!(
-        evaluate_fetch(200, Some("\"e1\""), good, 1 << 20, None, "x-switchyard-cluster"),
+        fetch(200, Some("\"e1\""), good, 1 << 20, None, "x-switchyard-cluster"),
         FetchResult::Accepted { ref etag, .. } if etag == "\"e1\""
     ));
     assert!(matches!(
-        evaluate_fetch(304, None, b"", 1 << 20, None, "x-switchyard-cluster"),
+        fetch(304, None, b"", 1 << 20, None, "x-switchyard-cluster"),
         FetchResult::NotModified
     ));
-    match evaluate_fetch(
+    match fetch(
         200,
         None,
         br#"{"routes": [{"name": "a", "action": {"cluster": "x", "weightd": []}}]}"#,
@@ -624,20 +661,20 @@ fn fetch_results() {
         o => panic!("{o:?}"),
     }
     // The reloaded document is a table: plugin-level fields are not accepted in it.
-    match evaluate_fetch(200, None, br#"{"reload": {}}"#, 1 << 20, None, "h") {
+    match fetch(200, None, br#"{"reload": {}}"#, 1 << 20, None, "h") {
         FetchResult::Rejected { error, .. } => assert_eq!(error.path, "reload"),
         o => panic!("{o:?}"),
     }
     assert!(matches!(
-        evaluate_fetch(200, None, good, 10, None, "h"),
+        fetch(200, None, good, 10, None, "h"),
         FetchResult::Rejected { .. }
     ));
     assert!(matches!(
-        evaluate_fetch(503, None, b"", 10, None, "h"),
+        fetch(503, None, b"", 10, None, "h"),
         FetchResult::Failed(_)
     ));
     assert!(matches!(
-        evaluate_fetch(0, None, b"", 10, None, "h"),
+        fetch(0, None, b"", 10, None, "h"),
         FetchResult::Failed(_)
     ));
 }

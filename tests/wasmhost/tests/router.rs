@@ -11,6 +11,7 @@ fn router() -> Host {
         "routes": [{"name": "a", "match": {"path": {"prefix": "/a"}}, "action": {"cluster": "svc-a"}}],
         "default": {"cluster": "svc-default"},
         "reload": {"cluster": "config", "path": "/routes.json", "interval": "1s", "timeout": "500ms"},
+        "known_clusters": ["svc-a", "svc-b", "svc-default"],
         "version_header": true
     });
     Host::load("dist/router.wasm")
