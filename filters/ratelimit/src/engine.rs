@@ -145,13 +145,21 @@ impl Limiter {
         let mut reports: Vec<RuleReport> = Vec::new();
         for m in &matched {
             let rule = &rules[m.rule];
-            let outcome = cas_update(
-                store,
-                &self.bucket_key(m.bucket),
-                self.settings.max_cas_retries,
-                |cur| self.step(rule, m, cur, now_ns),
-            );
+            let attempt = |retries: u32| {
+                cas_update(store, &self.bucket_key(m.bucket), retries, |cur| {
+                    self.step(rule, m, cur, now_ns)
+                })
+            };
+            let mut outcome = attempt(self.settings.max_cas_retries);
             out.counts[m.rule].cas_retries += u64::from(outcome.retries());
+            if matches!(outcome, CasOutcome::Exhausted { .. })
+                && self.settings.failure_mode == FailureMode::Allow
+            {
+                // Best effort before failing open: contention alone (e.g. a client flooding
+                // its own bucket) must not let requests through uncounted.
+                outcome = attempt(self.settings.max_cas_retries.saturating_mul(4));
+                out.counts[m.rule].cas_retries += u64::from(outcome.retries());
+            }
             match outcome {
                 CasOutcome::Written { result, .. } => {
                     out.slots_delta += result.slots_delta;

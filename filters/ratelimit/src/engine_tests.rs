@@ -273,7 +273,8 @@ fn failure_modes() {
         store.interfere(|_| true);
         let o = l.decide(&store, &req("1.1.1.1", None, "/"), T0);
         assert_eq!(admitted(&o), admit, "{mode}");
-        assert_eq!(o.counts[0].cas_retries, 3);
+        // `allow` tries a second, longer round (4 × 3) before failing open.
+        assert_eq!(o.counts[0].cas_retries, if admit { 3 + 12 } else { 3 });
         assert_eq!(o.counts[0].failure_allowed, u64::from(admit));
         assert_eq!(o.counts[0].failure_denied, u64::from(!admit));
         let store = MemStore::new();
@@ -281,6 +282,32 @@ fn failure_modes() {
         let o = l.decide(&store, &req("1.1.1.1", None, "/"), T0);
         assert_eq!(admitted(&o), admit, "{mode}");
     }
+}
+
+#[test]
+fn failure_allow_still_counts_requests_that_met_contention() {
+    let l = limiter(
+        r#"{"failure_mode":"allow","max_cas_retries":2,"rules":[{"name":"ip","key":[{"header":"x-k"}],
+            "limits":[{"requests":1,"per":"1m"}]}]}"#,
+    );
+    let store = MemStore::new();
+    for i in 0..l.bucket_count() {
+        ensure_key(&store, &l.bucket_key(i), &Bucket::default().encode()).unwrap();
+    }
+    let r = RequestView::new("GET", "/").with_header("x-k", "flooder");
+    // The first round of CAS attempts all lose to "other workers"; later ones win.
+    let mut lost = 0;
+    store.interfere(move |_| {
+        lost += 1;
+        lost <= 3
+    });
+    let o = l.decide(&store, &r, T0);
+    assert!(admitted(&o));
+    assert_eq!(o.counts[0].failure_allowed, 0);
+    assert_eq!(o.counts[0].allowed, 1);
+    // It was counted: the limit of 1 per minute now rejects the next request.
+    store.interfere(|_| false);
+    assert!(!admitted(&l.decide(&store, &r, T0 + 1)));
 }
 
 #[test]
