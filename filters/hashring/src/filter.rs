@@ -74,6 +74,8 @@ pub struct Runtime {
     hostset_key: String,
     metrics: Metrics,
     set: RefCell<Rc<HostSet>>,
+    /// This VM's identity in the shared in-flight counts (bounded loads only).
+    worker: state::Worker,
 }
 
 impl Runtime {
@@ -101,6 +103,7 @@ impl Runtime {
             set: RefCell::new(Rc::new(set)),
             config,
             metrics,
+            worker: state::Worker::default(),
         }
     }
 
@@ -299,13 +302,22 @@ impl RootContext for HashringRoot {
         };
         // State is shared by every worker (and every listener) running this configuration.
         let scope = format!("{:016x}", stable_hash64(&bytes));
-        let runtime = Runtime::new(config, &scope);
+        let mut runtime = Runtime::new(config, &scope);
+        if runtime.config.bounded_load.is_some() {
+            match state::Worker::claim(&HostStore, &runtime.keys.workers) {
+                Ok(w) => runtime.worker = w,
+                Err(e) => {
+                    log::warn!("switchyard hashring: cannot claim a worker number: {e:?}");
+                    runtime.metrics.inc("store_errors");
+                }
+            }
+        }
         // Only the stores this configuration uses are created (shared data cannot be deleted).
         let wanted = [
             (
                 runtime.config.bounded_load.is_some(),
                 &runtime.keys.loads,
-                state::EMPTY,
+                state::LOADS_EMPTY,
             ),
             (
                 runtime.config.health.is_some(),
@@ -453,6 +465,8 @@ impl HttpContext for HashringHttp {
                 match state::admit(
                     &HostStore,
                     &rt.keys.loads,
+                    &rt.worker,
+                    now / 1_000_000,
                     &set.hosts,
                     order,
                     &healthy,
@@ -531,8 +545,11 @@ impl HttpContext for HashringHttp {
             return;
         };
         if let Some(address) = self.admitted.take() {
-            if let Err(e) = state::release(&HostStore, &rt.keys.loads, &address) {
-                log::warn!("switchyard hashring: in-flight release failed: {e:?}");
+            let now_ms = host::now_nanos() / 1_000_000;
+            if let Err(e) = state::release(&HostStore, &rt.keys.loads, &rt.worker, now_ms, &address)
+            {
+                // Kept by the worker and written with its next admission or release.
+                log::warn!("switchyard hashring: in-flight release deferred: {e:?}");
                 rt.metrics.inc("store_errors");
             }
         }
