@@ -328,6 +328,15 @@ impl<'de> Deserialize<'de> for Regex {
     }
 }
 
+/// Whether a path segment would let a capture escape its place when it is substituted into a
+/// rewrite: `.` or `..` (also percent-encoded, `%2e`), or an encoded `/` or `\\` (`%2f`, `%5c`).
+/// Such a segment never matches a variable or wildcard.
+fn unsafe_segment(p: &str) -> bool {
+    let lower = p.to_ascii_lowercase();
+    let dots = lower.replace("%2e", ".");
+    dots == "." || dots == ".." || lower.contains("%2f") || lower.contains("%5c") || p.contains('\\')
+}
+
 /// A path template: `/users/{id}`, `/files/{rest=**}`, `/a/*/b`, `/static/**`.
 /// `{name}` and `*` match one non-empty segment; `{name=**}` and `**` (last only) match the rest.
 #[derive(Debug, Clone)]
@@ -436,7 +445,7 @@ impl Template {
                 }
                 Segment::One(name) => {
                     let p = parts.next()?;
-                    if p.is_empty() {
+                    if p.is_empty() || unsafe_segment(p) {
                         return None;
                     }
                     if let Some(n) = name {
@@ -446,6 +455,9 @@ impl Template {
                 }
                 Segment::Rest(name) => {
                     let rest = path.get(consumed.min(path.len())..).unwrap_or("");
+                    if rest.split('/').any(unsafe_segment) {
+                        return None;
+                    }
                     if let Some(n) = name {
                         out.0.push((n.clone(), rest.to_string()));
                     }
@@ -879,6 +891,14 @@ mod tests {
             r.match_captures(&get("/files/a/b/c")).unwrap().get("rest"),
             Some("a/b/c")
         );
+        // Captures never carry dot segments or encoded slashes into a rewrite.
+        for bad in ["/users/..", "/users/.", "/users/%2e%2E", "/users/a%2Fb", "/users/a%5cb"] {
+            assert!(t.match_captures(&get(bad)).is_none(), "{bad}");
+        }
+        assert!(r.match_captures(&get("/files/a/../../etc")).is_none());
+        assert!(r.match_captures(&get("/files/a/%2e%2e/b")).is_none());
+        assert!(r.match_captures(&get("/files/a%2f..")).is_none());
+        assert!(t.match_captures(&get("/users/a.b")).is_some());
         let w = m(json!({"path": {"template": "/a/*/c"}}));
         assert!(w.matches(&get("/a/b/c")));
         assert!(!w.matches(&get("/a/b/d")));
