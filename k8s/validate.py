@@ -699,7 +699,7 @@ def main() -> int:
         "--istio-crds",
         type=Path,
         default=None,
-        help="Istio crd-all.gen.yaml (default: <repo>/../shared/schemas/istio-crd-all.gen.yaml)",
+        help="Istio crd-all.gen.yaml (default: the copy vendored in k8s/schemas/, see its README.md)",
     )
     ap.add_argument(
         "--kube-version",
@@ -713,9 +713,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="write filter configurations and index.json here")
     args = ap.parse_args()
 
-    crds = args.istio_crds or here.parent.parent / "shared" / "schemas" / "istio-crd-all.gen.yaml"
+    crds = args.istio_crds or here / "schemas" / "istio-crd-all.gen.yaml"
     if not crds.is_file():
-        sys.stderr.write(f"ERROR: Istio CRD schemas not found at {crds} (expected <repo>/../shared/schemas/)\n")
+        sys.stderr.write(f"ERROR: Istio CRD schemas not found at {crds} (vendored in k8s/schemas/)\n")
         return 2
     kubectl = args.kubectl or shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
     if not kubectl:

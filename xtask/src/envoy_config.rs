@@ -53,6 +53,12 @@ fn quote(s: &str) -> String {
 }
 
 /// The `envoy.filters.http.wasm` entry for one filter, indented for an `http_filters` list.
+///
+/// Every filter gets `failure_policy: FAIL_RELOAD`, like the shipped configurations in `envoy/`
+/// and `k8s/`: a panic aborts the filter's VM, and Envoy starts a fresh one for later requests
+/// (at most once per `reload_config.backoff.base_interval`, default 1 s) instead of failing
+/// every request on that worker (FAIL_CLOSED) or skipping the filter (FAIL_OPEN, which would let
+/// a crash lift the rate limits) until the next configuration change.
 pub fn wasm_filter_yaml(filter: &WasmFilter, indent: usize) -> String {
     let pad = " ".repeat(indent);
     let name = format!("switchyard.{}", filter.name);
@@ -62,6 +68,9 @@ pub fn wasm_filter_yaml(filter: &WasmFilter, indent: usize) -> String {
         "    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm".to_owned(),
         "    config:".to_owned(),
         format!("      name: {name}"),
+        "      failure_policy: FAIL_RELOAD".to_owned(),
+        "      reload_config:".to_owned(),
+        "        backoff: { base_interval: 1s }".to_owned(),
         "      vm_config:".to_owned(),
         format!("        vm_id: {name}"),
         "        runtime: envoy.wasm.runtime.v8".to_owned(),
@@ -284,6 +293,15 @@ mod tests {
         let yaml = wasm_filter_yaml(&filter("router", "{\n  \"a\": \"b: c\"\n}"), 0);
         assert!(
             yaml.contains(r#"value: "{\n  \"a\": \"b: c\"\n}""#),
+            "{yaml}"
+        );
+    }
+
+    #[test]
+    fn every_filter_reloads_a_crashed_vm() {
+        let yaml = wasm_filter_yaml(&filter("ratelimit", "{}"), 0);
+        assert!(
+            yaml.contains("\n      failure_policy: FAIL_RELOAD\n      reload_config:\n        backoff: { base_interval: 1s }\n      vm_config:\n"),
             "{yaml}"
         );
     }

@@ -7,6 +7,7 @@ mod demo;
 mod docker;
 mod envoy;
 mod envoy_config;
+mod fuzz;
 mod http;
 mod images;
 mod procs;
@@ -34,6 +35,10 @@ commands:
                          switchyard/<filter> OCI image per filter (docs/docker.md)
   bench [proxy|algo|memory|hostcalls|all] [--quick] ...
                          benchmarks (docs/benchmarks.md); results in target/bench/
+  fuzz --seconds N [--seed S]
+                         build, then fuzz every filter module in the wasmtime host (alone and
+                         chained) and every configuration parser for about N s; prints cases/s
+                         and the seed (a failure prints the case to replay with --seed S)
   demo [--check]         run 3 upstreams + Envoy with every filter on 127.0.0.1:10000 until Ctrl-C;
                          --check runs each filter's curl lines once and exits 0/1
 
@@ -100,6 +105,7 @@ fn dispatch(args: &[String]) -> util::Result<()> {
             images::images()
         }
         "bench" => bench::bench(rest),
+        "fuzz" => fuzz::fuzz(&fuzz::parse(rest)?),
         "demo" => match rest {
             [] => demo::demo(false),
             [flag] if flag == "--check" => demo::demo(true),

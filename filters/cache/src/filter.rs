@@ -337,9 +337,12 @@ impl CacheRoot {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_slice()))
                 .collect();
-            let timeout_ms =
-                u32::try_from(rt.cfg.upstream_timeout.std().as_millis()).unwrap_or(u32::MAX);
-            match switchyard_core::abi::http_call(cluster, &pairs, &[], timeout_ms) {
+            match host::dispatch_http_call_bytes(
+                cluster,
+                &pairs,
+                &[],
+                rt.cfg.upstream_timeout.std(),
+            ) {
                 Ok(token) => {
                     rt.state.borrow_mut().in_flight.insert(token, bg);
                 }
@@ -404,6 +407,8 @@ impl Context for CacheRoot {
 
 impl RootContext for CacheRoot {
     fn on_vm_start(&mut self, _size: usize) -> bool {
+        // Not in `main!`: Envoy refuses most host calls while the module initialises.
+        host::init_vm(NAME, env!("CARGO_PKG_VERSION"));
         true
     }
 

@@ -27,7 +27,6 @@ pub fn validate_config(json: &[u8]) -> Result<(), switchyard_core::ConfigError> 
 // test binary and would export the same `_initialize`.
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    switchyard_core::host::init_vm("cache", env!("CARGO_PKG_VERSION"));
     proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
         Box::new(filter::CacheRoot::new(id))
     });

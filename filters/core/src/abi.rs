@@ -7,6 +7,9 @@
 //! bytes, and a malformed answer from the host is an error, never a trap. Workspace clippy
 //! (`clippy.toml`, `disallowed-methods`) forbids the SDK's panicking calls everywhere else.
 //!
+//! HTTP and gRPC callouts are the exception: the SDK's dispatcher delivers their answers only
+//! for tokens its own `dispatch_*_call` registered, so they go through `host::dispatch_*`.
+//!
 //! Memory the host returns was allocated through the SDK's exported `proxy_on_memory_allocate`
 //! (a boxed slice of exactly the returned size), so it is taken back as a `Vec` of that length.
 
@@ -165,18 +168,6 @@ extern "C" {
         headers_size: usize,
         grpc_status: i32,
     ) -> u32;
-    fn proxy_http_call(
-        upstream: *const u8,
-        upstream_size: usize,
-        headers: *const u8,
-        headers_size: usize,
-        body: *const u8,
-        body_size: usize,
-        trailers: *const u8,
-        trailers_size: usize,
-        timeout_ms: u32,
-        token: *mut u32,
-    ) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_call_foreign_function(
         name: *const u8,
@@ -221,7 +212,6 @@ mod native {
         proxy_dequeue_shared_queue(u32, *mut *mut u8, *mut usize);
         proxy_continue_stream(u32);
         proxy_send_local_response(u32, *const u8, usize, *const u8, usize, *const u8, usize, i32);
-        proxy_http_call(*const u8, usize, *const u8, usize, *const u8, usize, *const u8, usize, u32, *mut u32);
         proxy_set_effective_context(u32);
         proxy_call_foreign_function(*const u8, usize, *const u8, usize, *mut *mut u8, *mut usize);
         proxy_define_metric(u32, *const u8, usize, *mut u32);
@@ -444,38 +434,6 @@ pub fn send_local_response(
             -1,
         )
     })
-}
-
-/// Sends an HTTP request to `cluster`; returns the call's token.
-pub fn http_call(
-    cluster: &str,
-    headers: &[(&str, &[u8])],
-    body: &[u8],
-    timeout_ms: u32,
-) -> HostResult<u32> {
-    let encoded = encode_pairs(headers);
-    let trailers = encode_pairs(&[]);
-    let mut token = 0u32;
-    // SAFETY: pointers and lengths of live slices; out-pointer to a local.
-    status(unsafe {
-        proxy_http_call(
-            cluster.as_ptr(),
-            cluster.len(),
-            encoded.as_ptr(),
-            encoded.len(),
-            if body.is_empty() {
-                null()
-            } else {
-                body.as_ptr()
-            },
-            body.len(),
-            trailers.as_ptr(),
-            trailers.len(),
-            timeout_ms,
-            &mut token,
-        )
-    })?;
-    Ok(token)
 }
 
 pub fn set_effective_context(context_id: u32) -> HostResult<()> {

@@ -192,18 +192,6 @@ pub fn http_call_headers() -> Headers {
     headers(Map::HttpCallResponseHeaders)
 }
 
-/// Sends an HTTP request to `cluster` with string headers; returns the call's token.
-pub fn http_call(
-    cluster: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    timeout: std::time::Duration,
-) -> HostResult<u32> {
-    let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-    abi::http_call(cluster, &h, body, ms)
-}
-
 /// Sets the root context's tick period (a host error is logged).
 pub fn set_tick_period(period: std::time::Duration) {
     let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
@@ -256,7 +244,7 @@ fn sdk_error(s: proxy_wasm::types::Status) -> HostError {
 ///
 /// This goes through the SDK's `dispatch_http_call` on purpose: the SDK's dispatcher routes an
 /// answer by a token table that only that function fills, and it `expect`s every answered token
-/// to be in it, so the answer to a token from [`abi::http_call`] / [`http_call`] panics the VM in
+/// to be in it, so the answer to a token from a raw `proxy_http_call` panics the VM in
 /// `proxy_on_http_call_response`. The SDK function itself panics only on a status other than
 /// `Ok`, `BadArgument` and `InternalFailure`, which Envoy's `proxy_http_call` returns only for
 /// pointers outside the module's memory (`InvalidMemoryAccess`), never for these live slices.
@@ -275,6 +263,28 @@ pub fn dispatch_http_call(
         timeout,
     )
     .map_err(sdk_error)
+}
+
+/// [`dispatch_http_call`] for header values as bytes. The SDK's call takes text, so a value
+/// that is not UTF-8 cannot be sent: it is left out (logged at debug level) rather than
+/// altered.
+pub fn dispatch_http_call_bytes(
+    cluster: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> HostResult<u32> {
+    let text: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(k, v)| match std::str::from_utf8(v) {
+            Ok(v) => Some((*k, v)),
+            Err(_) => {
+                log::debug!("switchyard: callout to {cluster} leaves out header {k}: not UTF-8");
+                None
+            }
+        })
+        .collect();
+    dispatch_http_call(cluster, &text, body, timeout)
 }
 
 /// Sends a unary gRPC callout whose answer the SDK delivers to the calling context's

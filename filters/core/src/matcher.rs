@@ -334,7 +334,11 @@ impl<'de> Deserialize<'de> for Regex {
 fn unsafe_segment(p: &str) -> bool {
     let lower = p.to_ascii_lowercase();
     let dots = lower.replace("%2e", ".");
-    dots == "." || dots == ".." || lower.contains("%2f") || lower.contains("%5c") || p.contains('\\')
+    dots == "."
+        || dots == ".."
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || p.contains('\\')
 }
 
 /// A path template: `/users/{id}`, `/files/{rest=**}`, `/a/*/b`, `/static/**`.
@@ -892,7 +896,13 @@ mod tests {
             Some("a/b/c")
         );
         // Captures never carry dot segments or encoded slashes into a rewrite.
-        for bad in ["/users/..", "/users/.", "/users/%2e%2E", "/users/a%2Fb", "/users/a%5cb"] {
+        for bad in [
+            "/users/..",
+            "/users/.",
+            "/users/%2e%2E",
+            "/users/a%2Fb",
+            "/users/a%5cb",
+        ] {
             assert!(t.match_captures(&get(bad)).is_none(), "{bad}");
         }
         assert!(r.match_captures(&get("/files/a/../../etc")).is_none());

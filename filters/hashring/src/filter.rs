@@ -274,7 +274,7 @@ impl HashringRoot {
         if !etag.is_empty() {
             headers.push(("if-none-match", etag.as_str()));
         }
-        match host::http_call(&hf.cluster, &headers, &[], hf.timeout.std()) {
+        match host::dispatch_http_call(&hf.cluster, &headers, &[], hf.timeout.std()) {
             Ok(_) => {
                 self.fetching = true;
                 rt.metrics.inc("hosts_from_fetches");
@@ -291,6 +291,12 @@ impl HashringRoot {
 }
 
 impl RootContext for HashringRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        // Not in `main!`: Envoy refuses most host calls while the module initialises.
+        host::init_vm("hashring", env!("CARGO_PKG_VERSION"));
+        true
+    }
+
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = host::plugin_configuration();
         let config = match Config::parse(&bytes) {

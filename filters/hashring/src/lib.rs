@@ -37,7 +37,6 @@ pub fn primary_host(config: &Config, key_value: &str) -> Option<String> {
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    switchyard_core::host::init_vm("hashring", env!("CARGO_PKG_VERSION"));
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
         Box::<filter::HashringRoot>::default()
     });

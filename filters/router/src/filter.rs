@@ -134,7 +134,7 @@ impl RouterRoot {
         if !etag.is_empty() {
             headers.push(("if-none-match", etag.as_str()));
         }
-        match host::http_call(&spec.cluster, &headers, &[], spec.timeout.std()) {
+        match host::dispatch_http_call(&spec.cluster, &headers, &[], spec.timeout.std()) {
             Ok(token) => self.fetch_token = Some(token),
             Err(e) => {
                 // Release the lease: the next attempt is one interval away, not interval + timeout.
@@ -428,11 +428,15 @@ impl RouterHttp {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
-        let timeout_ms = u32::try_from(m.plan.timeout.std().as_millis()).unwrap_or(u32::MAX);
         // Dispatched as the root context: Envoy cancels a stream context's calls when the
         // request ends, and a mirror must outlive a fast original.
         host::set_effective_context(self.plugin.root_context_id);
-        let sent = abi::http_call(&m.plan.cluster, &headers, &m.body, timeout_ms);
+        let sent = host::dispatch_http_call_bytes(
+            &m.plan.cluster,
+            &headers,
+            &m.body,
+            m.plan.timeout.std(),
+        );
         host::set_effective_context(self.context_id);
         match sent {
             Ok(_) => {

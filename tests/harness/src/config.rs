@@ -60,7 +60,9 @@ impl WasmFilter {
     }
 
     /// Extra YAML fields of the wasm `PluginConfig` (siblings of `root_id`), e.g.
-    /// `failure_policy: FAIL_OPEN`.
+    /// `failure_policy: FAIL_CLOSED`. Without a `failure_policy` here the filter gets
+    /// `failure_policy: FAIL_RELOAD`, the policy every shipped configuration uses, so tests run
+    /// like production.
     pub fn extra(mut self, yaml: &str) -> WasmFilter {
         self.extra = Some(yaml.to_string());
         self
@@ -95,6 +97,14 @@ impl WasmFilter {
             path = yaml_str(&path.to_string_lossy()),
             config = yaml_str(&self.config),
         );
+        let sets_policy = self.extra.as_deref().is_some_and(|extra| {
+            extra
+                .lines()
+                .any(|l| l.trim_start().starts_with("failure_policy:"))
+        });
+        if !sets_policy {
+            y.push_str(&block("failure_policy: FAIL_RELOAD", 4));
+        }
         if let Some(extra) = &self.extra {
             y.push_str(&block(extra, 4));
         }

@@ -6,9 +6,9 @@
 //! configuration to the parser of the filter it configures, and load the plain-Envoy bootstrap
 //! with the built filters in a real Envoy (`--mode validate`).
 //!
-//! Needs the Python tools of tests/requirements.txt (`cargo xtask tools`), Istio's CRDs at
-//! `<workspace>/../shared/schemas/istio-crd-all.gen.yaml`, and for the Envoy tests the built
-//! filters (`cargo xtask build`) and Envoy (`cargo xtask envoy`).
+//! Needs the Python tools of tests/requirements.txt (`cargo xtask tools`), and for the Envoy
+//! tests the built filters (`cargo xtask build`) and Envoy (`cargo xtask envoy`). Istio's CRDs
+//! are vendored at `k8s/schemas/istio-crd-all.gen.yaml` (see `k8s/schemas/README.md`).
 
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
@@ -63,10 +63,10 @@ fn tools() -> Tools {
 }
 
 fn istio_crds() -> PathBuf {
-    let path = workspace_root().join("../shared/schemas/istio-crd-all.gen.yaml");
+    let path = workspace_root().join("k8s/schemas/istio-crd-all.gen.yaml");
     if !path.is_file() {
         panic!(
-            "Istio CRD schemas not found at {} (the repository expects shared/ beside it)",
+            "Istio CRD schemas not found at {} (vendored in k8s/schemas/, see its README.md)",
             path.display()
         );
     }

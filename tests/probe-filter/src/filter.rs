@@ -1,12 +1,12 @@
 //! proxy-wasm glue of the probe (see the crate docs for what each header does).
 
 use crate::{decode_counter, parse, render_property, split_assignment, ProbeConfig};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
+use switchyard_core::abi::{self, Map};
 use switchyard_core::host;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::shared::{cas_update, CasOutcome, Update};
@@ -16,6 +16,21 @@ const QUEUE_KEY: &str = "switchyard.probe.queue";
 const TICKS_KEY: &str = "switchyard.probe.ticks";
 const CAS_RETRIES: u32 = 8;
 const COST_KEY: &str = "switchyard.probe.cost";
+
+/// A request header's value as text (obs-text bytes become U+FFFD: the probe only compares and
+/// echoes these values).
+fn request_header(name: &str) -> Option<String> {
+    host::header(Map::RequestHeaders, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// `x-probe-trap: 1`: the probe panics on purpose, which aborts its VM. It exists to test VM
+/// failure recovery (the plugin's `failure_policy`, e.g. `FAIL_RELOAD`) in a real Envoy.
+#[allow(clippy::panic)]
+fn trap_on_demand() {
+    if request_header("x-probe-trap").is_some_and(|v| v.trim() == "1") {
+        panic!("x-probe-trap: 1 (deliberate trap to test VM failure recovery)");
+    }
+}
 
 struct ProbeRoot {
     config: Option<Rc<ProbeConfig>>,
@@ -44,7 +59,8 @@ impl ProbeRoot {
 // test binary and would export the same `_initialize`.
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    host::init_vm(NAME, env!("CARGO_PKG_VERSION"));
+    // No host calls here: Envoy refuses them during `_initialize` (`restricted_callback`), so
+    // logging is set up in `on_vm_start`.
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ProbeRoot::new()) });
 }}
 
@@ -75,6 +91,11 @@ impl Context for ProbeRoot {
 }
 
 impl RootContext for ProbeRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        host::init_vm(NAME, env!("CARGO_PKG_VERSION"));
+        true
+    }
+
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let config = match parse(&host::plugin_configuration()) {
             Ok(c) => c,
@@ -98,10 +119,10 @@ impl RootContext for ProbeRoot {
             }
             self.metrics.define_gauge("paused");
             if config.tick_ms > 0 {
-                self.set_tick_period(Duration::from_millis(config.tick_ms));
+                host::set_tick_period(Duration::from_millis(config.tick_ms));
             }
             if let Some(queue) = &config.queue {
-                self.queue_id = hostcalls::register_shared_queue(queue).ok();
+                self.queue_id = abi::register_queue(queue).ok();
             }
             log::info!("switchyard probe: configured {config:?}");
         }
@@ -115,15 +136,15 @@ impl RootContext for ProbeRoot {
         let paused: Vec<u32> = self.paused.borrow_mut().drain(..).collect();
         for context_id in paused {
             // Resuming another context's stream requires making it the effective context.
-            if hostcalls::set_effective_context(context_id).is_ok() {
-                let _ = hostcalls::resume_http_request();
+            if host::set_effective_context(context_id) {
+                host::resume_request();
             }
         }
         self.metrics.set_gauge("paused", 0);
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
-        while let Ok(Some(message)) = hostcalls::dequeue_shared_queue(queue_id) {
+        while let Ok(Some(message)) = abi::dequeue(queue_id) {
             self.metrics.inc("queue_received");
             let _ = cas_update(&host::HostStore, QUEUE_KEY, CAS_RETRIES, |current| {
                 let mut all = current.map(<[u8]>::to_vec).unwrap_or_default();
@@ -180,19 +201,17 @@ impl HttpContext for CostHttp {
         let mut sink = 0usize;
         for i in 0..self.repeat {
             sink += match self.op.as_str() {
-                "shared_get" => hostcalls::get_shared_data(COST_KEY)
+                "shared_get" => abi::shared_get(COST_KEY)
                     .ok()
                     .and_then(|(v, _)| v)
                     .map_or(0, |v| v.len()),
-                "shared_cas" => match hostcalls::get_shared_data(COST_KEY) {
-                    Ok((Some(v), cas)) => {
-                        usize::from(hostcalls::set_shared_data(COST_KEY, Some(&v), cas).is_ok())
-                    }
+                "shared_cas" => match abi::shared_get(COST_KEY) {
+                    Ok((Some(v), cas)) => usize::from(abi::shared_set(COST_KEY, &v, cas).is_ok()),
                     _ => 0,
                 },
                 "property" => host::source_address().map_or(0, |a| a.len()),
-                "headers" => self.get_http_request_headers().len(),
-                "header" => self.get_http_request_header(":path").map_or(0, |p| p.len()),
+                "headers" => host::headers(Map::RequestHeaders).len(),
+                "header" => host::header(Map::RequestHeaders, ":path").map_or(0, |p| p.len()),
                 "time" => (host::now_nanos() & 1) as usize,
                 "metric" => {
                     self.metrics.inc("cost");
@@ -223,18 +242,18 @@ struct ProbeHttp {
 
 impl ProbeHttp {
     fn local_reply(&self, status: u32, body: &[u8]) {
-        let mut headers: Vec<(&str, &str)> = vec![("x-probe-reply", "1")];
+        let mut headers: Vec<(&str, &[u8])> = vec![("x-probe-reply", b"1")];
         headers.extend(
             self.reply_headers
                 .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
         );
-        self.send_http_response(status, headers, Some(body));
+        host::send_local_response(status, "probe_local_reply", &headers, body);
     }
 
     /// Passes a value both upstream (request header) and back to the client (response header).
     fn report(&mut self, name: &str, value: String) {
-        self.set_http_request_header(name, Some(&value));
+        host::set_header(Map::RequestHeaders, name, Some(value.as_bytes()));
         self.reply_headers.push((name.to_string(), value));
     }
 }
@@ -252,16 +271,15 @@ impl Context for ProbeHttp {
             self.local_reply(503, b"probe callout failed\n");
             return;
         }
-        let status = self
-            .get_http_call_response_header(":status")
+        let status = host::header(Map::HttpCallResponseHeaders, ":status")
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
-        let body = self
-            .get_http_call_response_body(0, body_size)
+        let body = host::http_call_body(body_size)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         self.report("x-probe-call-status", status);
         self.report("x-probe-call-body", body);
-        self.resume_http_request();
+        host::resume_request();
     }
 
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, message_size: usize) {
@@ -272,72 +290,73 @@ impl Context for ProbeHttp {
             );
             return;
         }
-        let message = self
-            .get_grpc_call_response_body(0, message_size)
+        let message = host::grpc_call_message(message_size)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         self.report("x-probe-grpc", message);
-        self.resume_http_request();
+        host::resume_request();
     }
 }
 
 impl HttpContext for ProbeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.metrics.inc("requests");
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        trap_on_demand();
+        let method = request_header(":method").unwrap_or_default();
+        let path = request_header(":path").unwrap_or_default();
         log::info!("switchyard probe: request {method} {path}");
 
-        if let Some(status) = self.get_http_request_header("x-probe-reply") {
+        if let Some(status) = request_header("x-probe-reply") {
             let status = status.trim().parse::<u32>().unwrap_or(500);
             self.local_reply(status, b"probe local reply\n");
             return Action::Pause;
         }
-        if let Some(name) = self.get_http_request_header("x-probe-count") {
+        if let Some(name) = request_header("x-probe-count") {
             let key = format!("switchyard.probe.count.{}", name.trim());
             match increment_shared(&key) {
                 Some(n) => self.report("x-probe-counted", n.to_string()),
                 None => self.report("x-probe-counted", "contended".to_string()),
             }
         }
-        if let Some(assignment) = self.get_http_request_header("x-probe-add") {
+        if let Some(assignment) = request_header("x-probe-add") {
             if let Some((name, value)) = split_assignment(&assignment) {
-                self.add_http_request_header(name, value);
+                host::add_header(Map::RequestHeaders, name, value.as_bytes());
             }
         }
-        if let Some(name) = self.get_http_request_header("x-probe-remove") {
-            self.set_http_request_header(name.trim(), None);
+        if let Some(name) = request_header("x-probe-remove") {
+            host::set_header(Map::RequestHeaders, name.trim(), None);
         }
-        if let Some(path) = self.get_http_request_header("x-probe-property") {
-            let value = self
-                .get_property(path.trim().split('.').collect())
+        if let Some(path) = request_header("x-probe-property") {
+            let parts: Vec<&str> = path.trim().split('.').collect();
+            let value = abi::property(&parts)
+                .ok()
+                .flatten()
                 .map(|b| render_property(&b))
                 .unwrap_or_else(|| "<none>".to_string());
             self.reply_headers
                 .push(("x-probe-property-value".to_string(), value));
         }
-        if let Some(message) = self.get_http_request_header("x-probe-enqueue") {
+        if let Some(message) = request_header("x-probe-enqueue") {
             if let Some(queue) = self.queue_id {
-                let _ = hostcalls::enqueue_shared_queue(queue, Some(message.as_bytes()));
+                let _ = abi::enqueue(queue, message.as_bytes());
             }
         }
-        self.body_mode = self.get_http_request_header("x-probe-body");
+        self.body_mode = request_header("x-probe-body");
         if self.body_mode.is_some() && end_of_stream && self.body_mode.as_deref() == Some("echo") {
             self.local_reply(200, b"");
             return Action::Pause;
         }
-        if let Some(cluster) = self.get_http_request_header("x-probe-call") {
+        if let Some(cluster) = request_header("x-probe-call") {
             let cluster = cluster.trim().to_string();
-            let dispatched = self.dispatch_http_call(
+            let dispatched = host::dispatch_http_call(
                 &cluster,
-                vec![
+                &[
                     (":method", "GET"),
                     (":path", "/probe"),
                     (":authority", &cluster),
                     ("x-probe-from", "probe"),
                 ],
-                None,
-                vec![],
+                &[],
                 Duration::from_millis(self.config.call_timeout_ms),
             );
             return match dispatched {
@@ -351,13 +370,13 @@ impl HttpContext for ProbeHttp {
                 }
             };
         }
-        if let Some(cluster) = self.get_http_request_header("x-probe-grpc") {
-            let dispatched = self.dispatch_grpc_call(
+        if let Some(cluster) = request_header("x-probe-grpc") {
+            let dispatched = host::dispatch_grpc_call(
                 cluster.trim(),
                 "probe.Probe",
                 "Check",
-                vec![("x-probe-from", b"probe")],
-                Some(b"ping"),
+                &[("x-probe-from", b"probe")],
+                b"ping",
                 Duration::from_millis(self.config.call_timeout_ms),
             );
             return match dispatched {
@@ -368,7 +387,7 @@ impl HttpContext for ProbeHttp {
                 }
             };
         }
-        if self.get_http_request_header("x-probe-pause").is_some() {
+        if request_header("x-probe-pause").is_some() {
             self.paused.borrow_mut().push(self.context_id);
             self.metrics.add_gauge("paused", 1);
             return Action::Pause;
@@ -385,14 +404,14 @@ impl HttpContext for ProbeHttp {
             return Action::Pause;
         }
         self.metrics.record("body_bytes", body_size as u64);
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let body = host::request_body(body_size);
         match mode.as_str() {
             "echo" => {
                 self.local_reply(200, &body);
                 Action::Pause
             }
             "upper" => {
-                self.set_http_request_body(0, body_size, &body.to_ascii_uppercase());
+                host::set_request_body(0, body_size, &body.to_ascii_uppercase());
                 Action::Continue
             }
             _ => Action::Continue,
@@ -400,14 +419,19 @@ impl HttpContext for ProbeHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.set_http_response_header("x-probe-response", Some("1"));
-        if let Some(code) = self.get_property(vec!["response", "code"]) {
-            self.set_http_response_header("x-probe-response-code", Some(&render_property(&code)));
+        host::set_header(Map::ResponseHeaders, "x-probe-response", Some(b"1"));
+        if let Ok(Some(code)) = abi::property(&["response", "code"]) {
+            let code = render_property(&code);
+            host::set_header(
+                Map::ResponseHeaders,
+                "x-probe-response-code",
+                Some(code.as_bytes()),
+            );
         }
         for (name, value) in std::mem::take(&mut self.reply_headers) {
             // A local reply already carries them.
-            if self.get_http_response_header(&name).is_none() {
-                self.add_http_response_header(&name, &value);
+            if host::header(Map::ResponseHeaders, &name).is_none() {
+                host::add_header(Map::ResponseHeaders, &name, value.as_bytes());
             }
         }
         Action::Continue

@@ -18,6 +18,7 @@
 //! | `x-probe-enqueue: <message>` | enqueues to the shared queue; the root appends received messages to shared key `switchyard.probe.queue` |
 //! | `x-probe-pause: 1` | pauses the request; the next tick resumes it (through `set_effective_context`) |
 //! | `x-probe-body: echo` / `upper` | at the end of the request body: local 200 echoing it / uppercase it before it goes upstream |
+//! | `x-probe-trap: 1` | panics in the request-header callback, which aborts the VM: a fixture for VM failure recovery (`failure_policy`) tests |
 //!
 //! `{"mode":"cost", "op": "<op>", "repeat": N, "value_bytes": B}` makes one host call `N` times
 //! in each request's header callback and nothing else, so a benchmark can price single host
