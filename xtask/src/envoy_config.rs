@@ -239,6 +239,11 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {name}
+          # Edge proxy: the client address is the TCP peer; filters see normalised paths.
+          use_remote_address: true
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT
 {access_log}          route_config:
             name: {name}
             virtual_hosts:

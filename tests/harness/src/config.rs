@@ -273,6 +273,16 @@ impl Spec {
         );
         y.push_str("static_resources:\n  listeners:\n  - name: main\n    address:\n      socket_address: { address: 127.0.0.1, port_value: {{LISTENER_PORT}} }\n");
         y.push_str("    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: ingress\n          codec_type: AUTO\n");
+        // As every shipped configuration: filters see normalised paths (README "Paths are
+        // normalised by Envoy"). `use_remote_address` stays false so tests can choose the
+        // client address with X-Forwarded-For.
+        if !self
+            .hcm_extra
+            .as_deref()
+            .is_some_and(|e| e.contains("normalize_path"))
+        {
+            y.push_str("          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT\n");
+        }
         if let Some(extra) = &self.hcm_extra {
             y.push_str(&block(extra, 10));
         }

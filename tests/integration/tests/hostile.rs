@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-use switchyard_harness::{eventually, Cluster, Envoy, EnvoyBuilder};
+use switchyard_harness::{eventually, Cluster, Envoy, EnvoyBuilder, WasmFilter};
 use switchyard_hashring::config::Config as HashringConfig;
 use switchyard_upstream::Upstream;
 
@@ -151,7 +151,14 @@ fn raw_roundtrip(addr: SocketAddr, request: &[u8], method: &str) -> std::io::Res
     loop {
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                // Complete by its framing: return without waiting for Envoy to close (after a
+                // local reply it waits up to `delayed_close_timeout` for the client to close).
+                if let Ok(resp) = parse_response(&raw, method, false) {
+                    return Ok(resp);
+                }
+            }
             // A reset after a complete answer is still an answer; parse() decides.
             Err(e) if e.kind() == ErrorKind::ConnectionReset && !raw.is_empty() => break,
             Err(e) => {
@@ -162,7 +169,7 @@ fn raw_roundtrip(addr: SocketAddr, request: &[u8], method: &str) -> std::io::Res
             }
         }
     }
-    parse_response(&raw, method)
+    parse_response(&raw, method, true)
 }
 
 fn lossy_head(raw: &[u8]) -> String {
@@ -173,7 +180,9 @@ fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(ErrorKind::InvalidData, msg)
 }
 
-fn parse_response(raw: &[u8], method: &str) -> std::io::Result<Resp> {
+/// One response from `raw`; an error while it is incomplete. A body delimited by the end of
+/// the connection is complete only at `eof`.
+fn parse_response(raw: &[u8], method: &str, eof: bool) -> std::io::Result<Resp> {
     let mut rest = raw;
     loop {
         if rest.is_empty() {
@@ -239,8 +248,10 @@ fn parse_response(raw: &[u8], method: &str) -> std::io::Result<Resp> {
                 )));
             }
             resp.body = body[..len].to_vec();
-        } else {
+        } else if eof {
             resp.body = body.to_vec();
+        } else {
+            return Err(invalid("body delimited by the connection's end".into()));
         }
         return Ok(resp);
     }
@@ -371,6 +382,12 @@ fn assert_healthy_after(envoy: &Envoy) {
         })
         .collect();
     assert!(failures.is_empty(), "wasm failure stats: {failures:?}");
+    // Under FAIL_RELOAD (the harness default) a crashed VM is replaced: any reload is a crash.
+    let reloads: Vec<_> = wasm
+        .iter()
+        .filter(|(k, v)| k.starts_with("wasm.") && k.contains(".vm_reload") && **v > 0)
+        .collect();
+    assert!(reloads.is_empty(), "wasm VM reloads: {reloads:?}");
     let log = envoy.log();
     for needle in ["wasm_fail_stream", "Uncaught", "panicked at", "unreachable"] {
         let hits: Vec<&str> = log.lines().filter(|l| l.contains(needle)).take(5).collect();
@@ -595,7 +612,7 @@ fn cache_survives_obs_text_headers_and_still_hits_and_validates() {
     // An obs-text ETag stored by the cache: the same bytes in If-None-Match are a 304, other
     // bytes (or the UTF-8 spelling) get the full response.
     let obs = format!("/obs-etag?{}", cc("max-age=600"));
-    let first = Req::get(&obs).send(&envoy);
+    let first = Req::get(&obs).h("x-etag-src", b"\"abc\xfc\"").send(&envoy);
     assert_eq!(
         (first.status, x_cache(&first).as_str()),
         (200, "MISS"),
@@ -982,11 +999,30 @@ fn hashring_survives_obs_text_headers_and_keys_stay_stable() {
 
 /// ratelimit -> cache -> router -> hashring -> Envoy router: the order the README's *Filter
 /// order* section requires and `cargo xtask demo` builds, with clusters as in the demo topology.
+/// The harness's (and every shipped configuration's) `failure_policy: FAIL_RELOAD`.
 #[test]
 fn full_chain_survives_obs_text_headers() {
+    full_chain(None);
+}
+
+/// The same with `failure_policy: FAIL_CLOSED`, where a VM that traps fails every later
+/// request of its worker with `503` (`wasm_fail_stream`) instead of being reloaded.
+#[test]
+fn full_chain_survives_obs_text_headers_fail_closed() {
+    full_chain(Some("failure_policy: FAIL_CLOSED"));
+}
+
+fn full_chain(policy: Option<&str>) {
     let ups = three_upstreams();
+    let filter = |name: &str, config: Value| {
+        let f = WasmFilter::new(name).config(&config);
+        match policy {
+            Some(p) => f.extra(p),
+            None => f,
+        }
+    };
     let envoy = builder()
-        .wasm_filter(
+        .wasm(filter(
             "ratelimit",
             json!({"rules": [
                 {"name": "per-user", "match": {"path": {"prefix": "/api"}},
@@ -994,9 +1030,9 @@ fn full_chain_survives_obs_text_headers() {
                 {"name": "per-ip", "match": {"path": {"prefix": "/api"}},
                  "key": [{"client_ip": {"trusted_hops": 2}}], "limits": [{"requests": 1000, "per": "30d"}]}
             ]}),
-        )
-        .wasm_filter("cache", cache_config())
-        .wasm_filter(
+        ))
+        .wasm(filter("cache", cache_config()))
+        .wasm(filter(
             "router",
             json!({
                 "cluster_header": "x-switchyard-cluster",
@@ -1005,8 +1041,8 @@ fn full_chain_survives_obs_text_headers() {
                 "default": {"cluster": "web"},
                 "explain": true
             }),
-        )
-        .wasm_filter("hashring", hashring_config(&ups))
+        ))
+        .wasm(filter("hashring", hashring_config(&ups)))
         .cluster_with(Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST))
         .cluster("api-v1", [ups[0].addr()])
         .cluster("api-v2", [ups[1].addr()])
