@@ -324,7 +324,11 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         slots,
         eviction,
         eviction_sample: raw.eviction_sample as usize,
-        key: KeySpec { query, headers },
+        key: KeySpec {
+            query,
+            headers,
+            seed: 0,
+        },
         default_ttl: raw.default_ttl.as_secs(),
         heuristic_max_ttl: raw.heuristic_max_ttl.as_secs(),
         bypass: raw.bypass,

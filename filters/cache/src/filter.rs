@@ -414,7 +414,7 @@ impl RootContext for CacheRoot {
 
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = host::plugin_configuration();
-        let cfg = match config::parse(&bytes) {
+        let mut cfg = match config::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("switchyard cache: invalid configuration: {e}");
@@ -423,6 +423,20 @@ impl RootContext for CacheRoot {
         };
         // Plugin instances with different configurations never share entries.
         let prefix = format!("switchyard.cache.{:016x}.", stable_hash64(&bytes));
+        // The key hash places entries in buckets: seeded per process so it cannot be aimed at.
+        let fresh = switchyard_core::abi::random_u64()
+            .unwrap_or_else(|_| host::now_nanos() ^ u64::from(self.context_id).rotate_left(32));
+        cfg.key.seed = match switchyard_core::shared::process_seed(
+            &HostStore,
+            &format!("{prefix}seed"),
+            fresh,
+        ) {
+            Ok(seed) => seed,
+            Err(e) => {
+                log::error!("switchyard cache: shared data unavailable: {e:?}");
+                return false;
+            }
+        };
         let store_cfg = StoreConfig {
             prefix: prefix.clone(),
             max_bytes: cfg.max_bytes,

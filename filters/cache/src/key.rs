@@ -1,7 +1,7 @@
 //! Cache keys: the primary key (method class, authority, path, normalised query, configured
 //! headers) and the `Vary` secondary key.
 
-use switchyard_core::hash::stable_hash64;
+use switchyard_core::hash::{stable_hash64, stable_hash64_seeded};
 use switchyard_core::request::{key_text, percent_decode};
 use switchyard_core::RequestView;
 
@@ -20,6 +20,10 @@ pub struct KeySpec {
     pub query: QueryKey,
     /// Lower-case request header names whose values are part of the key.
     pub headers: Vec<String>,
+    /// Seeds the key hash, which picks an entry's bucket in the store: a random value per
+    /// Envoy process (kept in shared data), so nobody can craft URLs that land in the bucket of
+    /// a hot entry and evict it.
+    pub seed: u64,
 }
 
 /// A primary cache key: the full string (compared on read, so hash collisions never produce a
@@ -108,7 +112,7 @@ impl KeySpec {
             }
         }
         CacheKey {
-            hash: stable_hash64(text.as_bytes()),
+            hash: stable_hash64_seeded(text.as_bytes(), self.seed),
             uri_hash: uri_hash(authority, req.path()),
             text,
         }
@@ -169,6 +173,7 @@ mod tests {
         KeySpec {
             query,
             headers: headers.iter().map(|h| h.to_string()).collect(),
+            seed: 0,
         }
     }
     fn get(path: &str) -> RequestView {
@@ -230,6 +235,21 @@ mod tests {
         assert_ne!(s.key(&t1), s.key(&t2));
         // Query variants of one path share the invalidation hash.
         assert_eq!(s.key(&get("/a?x=1")).uri_hash, s.key(&get("/a")).uri_hash);
+    }
+
+    #[test]
+    fn the_key_hash_depends_on_the_process_seed() {
+        let mut a = spec(QueryKey::All, &[]);
+        let mut b = a.clone();
+        a.seed = 1;
+        b.seed = 2;
+        let (ka, kb) = (a.key(&get("/x")), b.key(&get("/x")));
+        assert_eq!(ka.text, kb.text);
+        assert_ne!(
+            ka.hash, kb.hash,
+            "bucket placement is not predictable across processes"
+        );
+        assert_eq!(ka.uri_hash, kb.uri_hash);
     }
 
     #[test]

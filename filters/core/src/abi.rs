@@ -183,6 +183,31 @@ extern "C" {
     fn proxy_get_metric(id: u32, value: *mut u64) -> u32;
 }
 
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    /// WASI `random_get` (Envoy and the test host provide it); returns a WASI errno.
+    fn random_get(buf: *mut u8, len: usize) -> u16;
+}
+
+/// Random bytes from the host (WASI `random_get`) as a u64. Called directly rather than
+/// through std, whose hash-map seeding panics if the host refuses.
+pub fn random_u64() -> HostResult<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut b = [0u8; 8];
+        // SAFETY: pointer and length of a live local buffer.
+        let errno = unsafe { random_get(b.as_mut_ptr(), b.len()) };
+        if errno != 0 {
+            return Err(HostError::Unknown(u32::from(errno)));
+        }
+        Ok(u64::from_le_bytes(b))
+    }
+    // No host natively.
+    #[cfg(not(target_arch = "wasm32"))]
+    Err(HostError::Unimplemented)
+}
+
 /// Native builds (unit tests of crates that link this module) have no host: every call says
 /// `Unimplemented`. The glue is exercised by the wasmtime-host and Envoy tests.
 #[cfg(not(target_arch = "wasm32"))]

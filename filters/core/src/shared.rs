@@ -108,6 +108,22 @@ pub fn ensure_key<S: SharedStore + ?Sized>(
     }
 }
 
+/// A value shared by every worker of the process: the first worker to ask stores `fresh`
+/// (e.g. random bytes), every later one reads what was stored. For per-process secrets such as
+/// hash seeds.
+pub fn process_seed<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+    fresh: u64,
+) -> Result<u64, StoreError> {
+    ensure_key(store, key, &fresh.to_le_bytes())?;
+    let (value, _) = store.get(key)?;
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| StoreError::Other(format!("{key}: not a seed")))
+}
+
 /// An in-memory store with Envoy's CAS semantics, for native tests. `interfere` can inject a
 /// write by "another worker" between a test's get and set.
 #[derive(Default)]
@@ -271,6 +287,13 @@ mod tests {
                 retries: 0
             }
         );
+    }
+
+    #[test]
+    fn the_first_worker_chooses_the_process_seed() {
+        let s = MemStore::new();
+        assert_eq!(process_seed(&s, "seed", 7).unwrap(), 7);
+        assert_eq!(process_seed(&s, "seed", 9).unwrap(), 7);
     }
 
     #[test]
