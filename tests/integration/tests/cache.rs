@@ -608,3 +608,39 @@ fn default_ttl_and_stored_set_cookie_without_the_cookie() {
     assert_eq!(second.header("set-cookie"), None);
     assert_eq!(up.count_path("/sc"), 1);
 }
+
+/// Many slow, large misses at once on one worker: the bodies being collected stay within
+/// `max_collect_bytes`; misses beyond it stream through uncached, whole and correct.
+#[test]
+fn concurrent_slow_large_misses_stay_within_the_collect_budget() {
+    let up = Upstream::start("u1").unwrap();
+    let envoy = Envoy::builder()
+        .concurrency(1)
+        .wasm_filter(
+            "cache",
+            json!({"max_bytes": 8 << 20, "max_entry_bytes": 256 << 10,
+                   "max_collect_bytes": 512 << 10, "coalesce_timeout": "0s"}),
+        )
+        .cluster("web", [up.addr()])
+        .start();
+    const SIZE: usize = 200 << 10;
+    let results = parallel(8, 8, |i| {
+        envoy
+            .get(&format!(
+                "/big/{i}?size={SIZE}&chunked=1&chunk_delay=300ms&{}",
+                cc("max-age=600")
+            ))
+            .timeout(Duration::from_secs(30))
+    });
+    for r in results {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), SIZE, "every body arrives whole");
+    }
+    // 8 × 200 KiB in flight against a 512 KiB budget: at most two can be collected at once.
+    let exceeded = envoy.stat_or_zero("wasmcustom.switchyard.cache.collect_budget_exceeded");
+    let stores = envoy.stat_or_zero("wasmcustom.switchyard.cache.stores");
+    assert!(exceeded >= 5, "passed through uncached: {exceeded}");
+    assert!(stores <= 3, "stored: {stores}");
+    assert_eq!(exceeded + stores, 8);
+}

@@ -29,6 +29,7 @@
 //! | `etag="v1"` | `ETag` header; `If-None-Match` matching it answers `304` |
 //! | `last_modified=<http-date>` | `Last-Modified` header; `If-Modified-Since` not older answers `304` |
 //! | `chunked=1` | stream the body in several chunks (`Transfer-Encoding: chunked`) |
+//! | `chunk_delay=300ms` | pause between those chunks (default 5 ms): a slow body |
 //! | `reset=1` | read the request, then drop the connection without answering |
 //!
 //! `304` answers have no body; they are counted and recorded like any other request.

@@ -227,6 +227,8 @@ struct Controls {
     etag: Option<String>,
     last_modified: Option<String>,
     chunked: bool,
+    /// Pause between chunks of a chunked body (default 5 ms).
+    chunk_delay: Option<Duration>,
     reset: bool,
 }
 
@@ -245,6 +247,7 @@ impl Controls {
             "etag" => self.etag = Some(quote_etag(value.trim())),
             "last_modified" | "last-modified" => self.last_modified = Some(value.to_string()),
             "chunked" => self.chunked = truthy(value),
+            "chunk_delay" => self.chunk_delay = parse_delay(value),
             "reset" => self.reset = truthy(value),
             _ => {}
         }
@@ -378,7 +381,10 @@ async fn handle(
     let mut resp = Response::new(if bodyless {
         Empty::new().boxed_unsync()
     } else if controls.chunked {
-        chunked_body(payload)
+        chunked_body(
+            payload,
+            controls.chunk_delay.unwrap_or(Duration::from_millis(5)),
+        )
     } else {
         Full::new(payload).boxed_unsync()
     });
@@ -558,7 +564,7 @@ fn pattern_body(n: usize) -> Bytes {
 
 /// Streams `payload` in four chunks with a short pause between them, so a proxy really sees a
 /// body arriving in pieces.
-fn chunked_body(payload: Bytes) -> Body {
+fn chunked_body(payload: Bytes, pause: Duration) -> Body {
     const PIECES: usize = 4;
     let piece = payload.len().div_ceil(PIECES).max(1);
     let stream =
@@ -567,7 +573,7 @@ fn chunked_body(payload: Bytes) -> Body {
                 return None;
             }
             if !first {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(pause).await;
             }
             let chunk = rest.split_to(piece.min(rest.len()));
             Some((Ok::<_, Infallible>(Frame::data(chunk)), (rest, false)))
