@@ -21,6 +21,37 @@ fn trap(msg: impl Into<String>) -> Error {
     Error::msg(msg.into())
 }
 
+/// Host calls Envoy allows while the module initialises (`_initialize`/`_start`, i.e. the body
+/// of the Rust SDK's `proxy_wasm::main!`): proxy-wasm-cpp-host `WasmBase::startVm` sets a
+/// restricted-callback list of exactly these; any other host call traps with
+/// `restricted_callback` and the VM fails to start.
+pub(crate) const ALLOWED_DURING_INIT: &[(&str, &str)] = &[
+    ("env", "proxy_log"),
+    ("wasi_snapshot_preview1", "fd_write"),
+    ("wasi_snapshot_preview1", "args_sizes_get"),
+    ("wasi_snapshot_preview1", "args_get"),
+    ("wasi_snapshot_preview1", "environ_sizes_get"),
+    ("wasi_snapshot_preview1", "environ_get"),
+    ("wasi_snapshot_preview1", "fd_prestat_get"),
+    ("wasi_snapshot_preview1", "fd_prestat_dir_name"),
+    ("wasi_snapshot_preview1", "clock_time_get"),
+    ("wasi_snapshot_preview1", "random_get"),
+];
+
+/// Traps, as Envoy does, when the module makes a host call it may not make during
+/// initialisation; the trap fails the worker like any other (a module test fails with it).
+pub(crate) fn restricted(vm: &Vm, module: &str, name: &str) -> Result<()> {
+    if !vm.initializing || ALLOWED_DURING_INIT.contains(&(module, name)) {
+        return Ok(());
+    }
+    Err(trap(format!(
+        "restricted_callback: {module}.{name} called during module initialisation \
+         (_initialize / the body of proxy_wasm::main!); Envoy fails the VM here and only allows \
+         proxy_log, fd_write, args/environ, fd_prestat, clock_time_get and random_get: make the \
+         call from on_vm_start or on_configure instead"
+    )))
+}
+
 pub(crate) fn read(c: &C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>> {
     let memory = c
         .data()
@@ -83,7 +114,7 @@ fn copy_out(c: &mut C<'_>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> Result<
 }
 
 /// The ABI's map encoding: count, (key len, value len) pairs, then NUL-terminated keys/values.
-pub(crate) fn serialize_map(map: &[(String, String)]) -> Vec<u8> {
+pub(crate) fn serialize_map(map: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(map.len() as u32).to_le_bytes());
     for (k, v) in map {
@@ -93,7 +124,7 @@ pub(crate) fn serialize_map(map: &[(String, String)]) -> Vec<u8> {
     for (k, v) in map {
         out.extend_from_slice(k.as_bytes());
         out.push(0);
-        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(v);
         out.push(0);
     }
     out
@@ -119,10 +150,8 @@ pub(crate) fn deserialize_map(bytes: &[u8]) -> Option<Headers> {
         data += klen + 1;
         let value = bytes.get(data..data + vlen)?;
         data += vlen + 1;
-        map.push((
-            String::from_utf8_lossy(key).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        // Names are tokens (Envoy validates them); values are bytes, passed through unchanged.
+        map.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
     }
     Some(map)
 }
@@ -190,10 +219,10 @@ fn map_mut(vm: &mut Vm, map_type: i32) -> Result<&mut Headers, i32> {
 }
 
 /// Envoy's `setCopy`: one value under the name, at the first occurrence's position.
-pub(crate) fn replace_header(map: &mut Headers, key: &str, value: &str) {
+pub(crate) fn replace_header(map: &mut Headers, key: &str, value: &[u8]) {
     match map.iter().position(|(k, _)| k == key) {
         Some(first) => {
-            map[first].1 = value.to_string();
+            map[first].1 = value.to_vec();
             let mut i = 0;
             map.retain(|(k, _)| {
                 let keep = k != key || i == first;
@@ -201,7 +230,7 @@ pub(crate) fn replace_header(map: &mut Headers, key: &str, value: &str) {
                 keep
             });
         }
-        None => map.push((key.to_string(), value.to_string())),
+        None => map.push((key.to_string(), value.to_vec())),
     }
 }
 
@@ -247,18 +276,19 @@ pub(crate) fn property(vm: &Vm, path: &str) -> Option<Vec<u8>> {
             stream
                 .request_headers
                 .as_ref()
-                .and_then(|h| crate::types::header(h, name))
-                .map(str::to_string)
+                .and_then(|h| crate::types::header_bytes(h, name))
+                .map(<[u8]>::to_vec)
         };
+        let query_at = |p: &[u8]| p.iter().position(|&b| b == b'?');
         let derived = match path {
             "request.path" => req(":path"),
-            "request.url_path" => {
-                req(":path").map(|p| p.split('?').next().unwrap_or("").to_string())
-            }
-            "request.query" => req(":path").map(|p| {
-                p.split_once('?')
-                    .map(|(_, q)| q.to_string())
-                    .unwrap_or_default()
+            "request.url_path" => req(":path").map(|p| match query_at(&p) {
+                Some(at) => p[..at].to_vec(),
+                None => p,
+            }),
+            "request.query" => req(":path").map(|p| match query_at(&p) {
+                Some(at) => p[at + 1..].to_vec(),
+                None => Vec::new(),
             }),
             "request.method" => req(":method"),
             "request.host" => req(":authority"),
@@ -269,7 +299,7 @@ pub(crate) fn property(vm: &Vm, path: &str) -> Option<Vec<u8>> {
             _ => None,
         };
         if let Some(v) = derived {
-            return Some(v.into_bytes());
+            return Some(v);
         }
         if path == "response.code" {
             let code: Option<i64> = stream
@@ -288,6 +318,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_log",
         |c: C<'_>, level: i32, ptr: i32, len: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_log")?;
             let message = read_string(&c, ptr, len)?;
             let worker = c.data().worker;
             lock(&c.data().shared).logs.push(LogEntry {
@@ -302,6 +333,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_get_log_level",
         |mut c: C<'_>, ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_log_level")?;
             // Everything is captured; filtering is the test's business.
             write_u32(&mut c, ptr, 0)?;
             Ok(OK)
@@ -311,6 +343,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut c: C<'_>, ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_current_time_nanoseconds")?;
             let now = lock(&c.data().shared).now_nanos;
             write(&mut c, ptr, &now.to_le_bytes())?;
             Ok(OK)
@@ -320,6 +353,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_set_tick_period_milliseconds",
         |mut c: C<'_>, ms: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_set_tick_period_milliseconds")?;
             let now = lock(&c.data().shared).now_nanos;
             let ms = ms as u32;
             let vm = c.data_mut();
@@ -344,6 +378,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
          ptr_ptr: i32,
          size_ptr: i32|
          -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_buffer_bytes")?;
             let Some(bytes) = buffer(c.data(), buffer_type) else {
                 return Ok(NOT_FOUND);
             };
@@ -363,6 +398,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
          ptr: i32,
          len: i32|
          -> Result<i32> {
+            restricted(c.data(), "env", "proxy_set_buffer_bytes")?;
             let data = read(&c, ptr, len)?;
             let (start, size) = (start as u32 as usize, size as u32 as usize);
             let vm = c.data_mut();
@@ -388,6 +424,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: C<'_>, map_type: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_header_map_pairs")?;
             let bytes = match map_ref(c.data(), map_type) {
                 Ok(map) if map.is_empty() => Vec::new(),
                 Ok(map) => serialize_map(map),
@@ -401,6 +438,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_set_header_map_pairs",
         |mut c: C<'_>, map_type: i32, ptr: i32, len: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_set_header_map_pairs")?;
             let bytes = read(&c, ptr, len)?;
             let Some(pairs) = deserialize_map(&bytes) else {
                 return Ok(SERIALIZATION_FAILURE);
@@ -427,6 +465,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
          ptr_ptr: i32,
          size_ptr: i32|
          -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_header_map_value")?;
             let key = read_string(&c, kptr, klen)?.to_ascii_lowercase();
             let value = match map_ref(c.data(), map_type) {
                 // Envoy returns the first value of a repeated header.
@@ -436,7 +475,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
                 },
                 Err(status) => return Ok(status),
             };
-            copy_out(&mut c, value.as_bytes(), ptr_ptr, size_ptr)?;
+            copy_out(&mut c, &value, ptr_ptr, size_ptr)?;
             Ok(OK)
         },
     )?;
@@ -444,6 +483,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: C<'_>, map_type: i32, kptr: i32, klen: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_remove_header_map_value")?;
             let key = read_string(&c, kptr, klen)?.to_ascii_lowercase();
             Ok(match map_mut(c.data_mut(), map_type) {
                 Ok(map) => {
@@ -458,8 +498,9 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_replace_header_map_value",
         |mut c: C<'_>, map_type: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_replace_header_map_value")?;
             let key = read_string(&c, kptr, klen)?.to_ascii_lowercase();
-            let value = read_string(&c, vptr, vlen)?;
+            let value = read(&c, vptr, vlen)?;
             Ok(match map_mut(c.data_mut(), map_type) {
                 Ok(map) => {
                     replace_header(map, &key, &value);
@@ -473,8 +514,9 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_add_header_map_value",
         |mut c: C<'_>, map_type: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_add_header_map_value")?;
             let key = read_string(&c, kptr, klen)?.to_ascii_lowercase();
-            let value = read_string(&c, vptr, vlen)?;
+            let value = read(&c, vptr, vlen)?;
             Ok(match map_mut(c.data_mut(), map_type) {
                 Ok(map) => {
                     map.push((key, value));
@@ -488,6 +530,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_get_property",
         |mut c: C<'_>, pptr: i32, plen: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_property")?;
             let path = read_string(&c, pptr, plen)?.replace('\0', ".");
             match property(c.data(), &path) {
                 Some(value) => {
@@ -502,6 +545,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_set_property",
         |mut c: C<'_>, pptr: i32, plen: i32, vptr: i32, vlen: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_set_property")?;
             let path = read_string(&c, pptr, plen)?.replace('\0', ".");
             let value = read(&c, vptr, vlen)?;
             let vm = c.data_mut();
@@ -526,6 +570,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
          size_ptr: i32,
          cas_ptr: i32|
          -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_shared_data")?;
             let key = read_string(&c, kptr, klen)?;
             let entry = lock(&c.data().shared).data.get(&key).cloned();
             match entry {
@@ -542,6 +587,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_set_shared_data",
         |c: C<'_>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_set_shared_data")?;
             let key = read_string(&c, kptr, klen)?;
             let value = read(&c, vptr, vlen)?;
             let written = lock(&c.data().shared).set_shared(&key, value, cas as u32);
@@ -552,6 +598,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_register_shared_queue",
         |mut c: C<'_>, nptr: i32, nlen: i32, id_ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_register_shared_queue")?;
             let name = read_string(&c, nptr, nlen)?;
             let owner = (c.data().worker, c.data().root_id);
             let id = {
@@ -585,6 +632,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_resolve_shared_queue",
         |mut c: C<'_>, vptr: i32, vlen: i32, nptr: i32, nlen: i32, id_ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_resolve_shared_queue")?;
             let vm_id = read_string(&c, vptr, vlen)?;
             let name = read_string(&c, nptr, nlen)?;
             let found = lock(&c.data().shared)
@@ -604,6 +652,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_enqueue_shared_queue",
         |c: C<'_>, id: i32, ptr: i32, len: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_enqueue_shared_queue")?;
             let value = read(&c, ptr, len)?;
             let mut shared = lock(&c.data().shared);
             let index = (id as u32 as usize).wrapping_sub(1);
@@ -620,6 +669,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_dequeue_shared_queue",
         |mut c: C<'_>, id: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_dequeue_shared_queue")?;
             let item = {
                 let mut shared = lock(&c.data().shared);
                 let index = (id as u32 as usize).wrapping_sub(1);
@@ -641,6 +691,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_continue_stream",
         |mut c: C<'_>, stream_type: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_continue_stream")?;
             if !(0..=1).contains(&stream_type) {
                 return Ok(BAD_ARGUMENT);
             }
@@ -654,6 +705,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_close_stream",
         |mut c: C<'_>, _stream_type: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_close_stream")?;
             if let Some(stream) = c.data_mut().stream_mut() {
                 stream.reset_requested = true;
             }
@@ -673,6 +725,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
          hlen: i32,
          grpc_status: i32|
          -> Result<i32> {
+            restricted(c.data(), "env", "proxy_send_local_response")?;
             let details = read_string(&c, dptr, dlen)?;
             let body = read(&c, bptr, blen)?;
             let headers = deserialize_map(&read(&c, hptr, hlen)?)
@@ -709,6 +762,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
          timeout_ms: i32,
          token_ptr: i32|
          -> Result<i32> {
+            restricted(c.data(), "env", "proxy_http_call")?;
             let cluster = read_string(&c, uptr, ulen)?;
             let Some(headers) = deserialize_map(&read(&c, hptr, hlen)?) else {
                 return Ok(BAD_ARGUMENT);
@@ -754,6 +808,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
          timeout_ms: i32,
          token_ptr: i32|
          -> Result<i32> {
+            restricted(c.data(), "env", "proxy_grpc_call")?;
             let cluster = read_string(&c, uptr, ulen)?;
             let kind = CalloutKind::Grpc {
                 service: read_string(&c, sptr, slen)?,
@@ -784,6 +839,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
          mdlen: i32,
          token_ptr: i32|
          -> Result<i32> {
+            restricted(c.data(), "env", "proxy_grpc_stream")?;
             let cluster = read_string(&c, uptr, ulen)?;
             let kind = CalloutKind::Grpc {
                 service: read_string(&c, sptr, slen)?,
@@ -804,6 +860,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_grpc_send",
         |c: C<'_>, token: i32, ptr: i32, len: i32, _end: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_grpc_send")?;
             let message = read(&c, ptr, len)?;
             let mut shared = lock(&c.data().shared);
             match shared
@@ -822,7 +879,8 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         },
     )?;
     for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
-        linker.func_wrap("env", name, |c: C<'_>, token: i32| -> Result<i32> {
+        linker.func_wrap("env", name, move |c: C<'_>, token: i32| -> Result<i32> {
+            restricted(c.data(), "env", name)?;
             let mut shared = lock(&c.data().shared);
             let before = shared.callouts.len();
             shared.callouts.retain(|p| p.callout.id != token as u32);
@@ -837,6 +895,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_get_status",
         |mut c: C<'_>, code_ptr: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_status")?;
             let (code, message) = c.data().grpc_status.clone();
             write_u32(&mut c, code_ptr, code)?;
             copy_out(
@@ -852,6 +911,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_set_effective_context",
         |mut c: C<'_>, id: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_set_effective_context")?;
             let id = id as u32;
             let vm = c.data_mut();
             if vm.streams.contains_key(&id) || vm.roots.contains(&id) {
@@ -865,12 +925,14 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |_c: C<'_>, _np: i32, _nl: i32, _ap: i32, _al: i32, _rp: i32, _rs: i32| -> Result<i32> {
+        |c: C<'_>, _np: i32, _nl: i32, _ap: i32, _al: i32, _rp: i32, _rs: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_call_foreign_function")?;
             // No foreign functions are registered in the test host.
             Ok(NOT_FOUND)
         },
     )?;
     linker.func_wrap("env", "proxy_done", |mut c: C<'_>| -> Result<i32> {
+        restricted(c.data(), "env", "proxy_done")?;
         c.data_mut().done_called = true;
         Ok(OK)
     })?;
@@ -878,6 +940,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_define_metric",
         |mut c: C<'_>, metric_type: i32, nptr: i32, nlen: i32, id_ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_define_metric")?;
             let name = read_string(&c, nptr, nlen)?;
             let kind = match metric_type {
                 0 => MetricKind::Counter,
@@ -913,6 +976,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_get_metric",
         |mut c: C<'_>, id: i32, ptr: i32| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_get_metric")?;
             let value = {
                 let shared = lock(&c.data().shared);
                 match metric_index(&shared.metrics, id) {
@@ -931,6 +995,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_record_metric",
         |c: C<'_>, id: i32, value: i64| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_record_metric")?;
             let mut shared = lock(&c.data().shared);
             let Some(i) = metric_index(&shared.metrics, id) else {
                 return Ok(NOT_FOUND);
@@ -949,6 +1014,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         "env",
         "proxy_increment_metric",
         |c: C<'_>, id: i32, offset: i64| -> Result<i32> {
+            restricted(c.data(), "env", "proxy_increment_metric")?;
             let mut shared = lock(&c.data().shared);
             let Some(i) = metric_index(&shared.metrics, id) else {
                 return Ok(NOT_FOUND);
@@ -1015,10 +1081,7 @@ mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> Headers {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        crate::types::text_headers(pairs)
     }
 
     #[test]
@@ -1029,14 +1092,19 @@ mod tests {
         assert_eq!(deserialize_map(&bytes), Some(map));
         assert_eq!(deserialize_map(&[]), Some(vec![]));
         assert_eq!(deserialize_map(&[9, 0, 0, 0]), None);
+        // Values are bytes: a lone obs-text byte survives both ways unchanged.
+        let raw: Headers = vec![("x-user-id".to_string(), b"caf\xe9".to_vec())];
+        let bytes = serialize_map(&raw);
+        assert!(bytes.windows(5).any(|w| w == b"caf\xe9\0"));
+        assert_eq!(deserialize_map(&bytes), Some(raw));
     }
 
     #[test]
     fn replace_keeps_first_position_and_drops_repeats() {
         let mut map = h(&[("a", "1"), ("b", "2"), ("a", "3")]);
-        replace_header(&mut map, "a", "x");
+        replace_header(&mut map, "a", b"x");
         assert_eq!(map, h(&[("a", "x"), ("b", "2")]));
-        replace_header(&mut map, "c", "y");
+        replace_header(&mut map, "c", b"y");
         assert_eq!(map, h(&[("a", "x"), ("b", "2"), ("c", "y")]));
     }
 

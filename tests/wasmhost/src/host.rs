@@ -222,6 +222,7 @@ fn blank_vm(shared: SharedRef, worker: usize) -> Vm {
         grpc_status: (0, None),
         next_context: 2,
         done_called: false,
+        initializing: false,
     }
 }
 
@@ -331,7 +332,11 @@ impl Host {
                 .get_typed_func::<(), ()>(&mut self.workers[w].store, init)
                 .ok();
             if f.is_some() {
-                self.call(w, 0, init, f, ())?;
+                // Envoy restricts host calls meanwhile (see `abi::ALLOWED_DURING_INIT`).
+                self.workers[w].store.data_mut().initializing = true;
+                let result = self.call(w, 0, init, f, ());
+                self.workers[w].store.data_mut().initializing = false;
+                result?;
                 break;
             }
         }
@@ -630,10 +635,7 @@ impl Host {
                     ) {
                         (Some(explicit), _, _) => explicit.clone(),
                         (None, Some(upstream), Some(request)) => upstream(request),
-                        _ => Message {
-                            headers: vec![(":status".to_string(), "200".to_string())],
-                            ..Message::default()
-                        },
+                        _ => Message::with_status(200),
                     };
                     stream.response_headers = Some(answer.headers);
                     stream.response_body = answer.body;
@@ -818,7 +820,7 @@ impl Host {
                     trailers,
                 },
             ) => {
-                let mut all = vec![(":status".to_string(), status.to_string())];
+                let mut all = vec![(":status".to_string(), status.to_string().into_bytes())];
                 all.extend(headers);
                 let counts = (all.len() as i32, body.len() as i32, trailers.len() as i32);
                 self.set_call_response(
@@ -1179,11 +1181,14 @@ fn exports(instance: &Instance, store: &mut Store<Vm>) -> HostResult<Exports> {
 fn apply_local_reply(stream: &mut Stream, reply: LocalReply) {
     // Envoy's local reply: the filter's headers, then the length, and `text/plain` only when
     // the filter set no content type of its own.
-    let mut headers = vec![(":status".to_string(), reply.status.to_string())];
+    let mut headers = vec![(":status".to_string(), reply.status.to_string().into_bytes())];
     headers.extend(reply.headers.iter().cloned());
-    headers.push(("content-length".to_string(), reply.body.len().to_string()));
-    if !reply.body.is_empty() && header(&headers, "content-type").is_none() {
-        headers.push(("content-type".to_string(), "text/plain".to_string()));
+    headers.push((
+        "content-length".to_string(),
+        reply.body.len().to_string().into_bytes(),
+    ));
+    if !reply.body.is_empty() && header_bytes(&headers, "content-type").is_none() {
+        headers.push(("content-type".to_string(), b"text/plain".to_vec()));
     }
     let response_started = stream.step > Step::ResponseHeaders || stream.replying_locally;
     stream.response_headers = Some(headers);
@@ -1238,10 +1243,10 @@ impl<'a> WorkerHandle<'a> {
         RequestBuilder {
             host: self.host,
             worker: self.worker,
-            method: "GET".into(),
-            path: "/".into(),
-            authority: "example.com".into(),
-            scheme: "http".into(),
+            method: b"GET".to_vec(),
+            path: b"/".to_vec(),
+            authority: b"example.com".to_vec(),
+            scheme: b"http".to_vec(),
             headers: Vec::new(),
             body: None,
             trailers: Vec::new(),
@@ -1268,10 +1273,10 @@ impl<'a> WorkerHandle<'a> {
 pub struct RequestBuilder<'a> {
     host: &'a mut Host,
     worker: usize,
-    method: String,
-    path: String,
-    authority: String,
-    scheme: String,
+    method: Vec<u8>,
+    path: Vec<u8>,
+    authority: Vec<u8>,
+    scheme: Vec<u8>,
     headers: Headers,
     body: Option<Vec<u8>>,
     trailers: Headers,
@@ -1290,31 +1295,52 @@ impl RequestBuilder<'_> {
         self.hold = true;
         self
     }
-    pub fn method(mut self, method: &str) -> Self {
-        self.method = method.to_string();
+    pub fn method(self, method: &str) -> Self {
+        self.method_bytes(method.as_bytes())
+    }
+    /// `:method` as raw bytes.
+    pub fn method_bytes(mut self, method: &[u8]) -> Self {
+        self.method = method.to_vec();
         self
     }
-    pub fn path(mut self, path: &str) -> Self {
-        self.path = path.to_string();
+    pub fn path(self, path: &str) -> Self {
+        self.path_bytes(path.as_bytes())
+    }
+    /// `:path` as raw bytes.
+    pub fn path_bytes(mut self, path: &[u8]) -> Self {
+        self.path = path.to_vec();
         self
     }
-    pub fn authority(mut self, authority: &str) -> Self {
-        self.authority = authority.to_string();
+    pub fn authority(self, authority: &str) -> Self {
+        self.authority_bytes(authority.as_bytes())
+    }
+    /// `:authority` as raw bytes.
+    pub fn authority_bytes(mut self, authority: &[u8]) -> Self {
+        self.authority = authority.to_vec();
         self
     }
     /// Adds a request header (repeat for repeated headers).
-    pub fn header(mut self, name: &str, value: &str) -> Self {
+    pub fn header(self, name: &str, value: &str) -> Self {
+        self.header_bytes(name, value.as_bytes())
+    }
+    /// Adds a request header with any value bytes (obs-text such as a lone `\xE9` included);
+    /// the module reads exactly these bytes.
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Self {
         self.headers
-            .push((name.to_ascii_lowercase(), value.to_string()));
+            .push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = Some(body.into());
         self
     }
-    pub fn trailer(mut self, name: &str, value: &str) -> Self {
+    pub fn trailer(self, name: &str, value: &str) -> Self {
+        self.trailer_bytes(name, value.as_bytes())
+    }
+    /// Adds a request trailer with any value bytes.
+    pub fn trailer_bytes(mut self, name: &str, value: &[u8]) -> Self {
         self.trailers
-            .push((name.to_ascii_lowercase(), value.to_string()));
+            .push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
     /// A request-level property (e.g. `source.address` = `10.0.0.7:4321`).
@@ -1333,18 +1359,26 @@ impl RequestBuilder<'_> {
         self.answer_status = Some(status);
         self
     }
-    pub fn upstream_header(mut self, name: &str, value: &str) -> Self {
+    pub fn upstream_header(self, name: &str, value: &str) -> Self {
+        self.upstream_header_bytes(name, value.as_bytes())
+    }
+    /// An upstream response header with any value bytes.
+    pub fn upstream_header_bytes(mut self, name: &str, value: &[u8]) -> Self {
         self.answer_headers
-            .push((name.to_ascii_lowercase(), value.to_string()));
+            .push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
     pub fn upstream_body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.answer_body = body.into();
         self
     }
-    pub fn upstream_trailer(mut self, name: &str, value: &str) -> Self {
+    pub fn upstream_trailer(self, name: &str, value: &str) -> Self {
+        self.upstream_trailer_bytes(name, value.as_bytes())
+    }
+    /// An upstream response trailer with any value bytes.
+    pub fn upstream_trailer_bytes(mut self, name: &str, value: &[u8]) -> Self {
         self.answer_trailers
-            .push((name.to_ascii_lowercase(), value.to_string()));
+            .push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
 
@@ -1362,7 +1396,7 @@ impl RequestBuilder<'_> {
             || !self.answer_body.is_empty()
             || !self.answer_trailers.is_empty();
         let status = self.answer_status.unwrap_or(200);
-        let mut answer_headers = vec![(":status".to_string(), status.to_string())];
+        let mut answer_headers = vec![(":status".to_string(), status.to_string().into_bytes())];
         answer_headers.extend(self.answer_headers);
         let spec = RequestSpec {
             headers,
@@ -1377,5 +1411,127 @@ impl RequestBuilder<'_> {
             hold: self.hold,
         };
         self.host.start_stream(self.worker, spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    fn section(id: u8, items: &[Vec<u8>], out: &mut Vec<u8>) {
+        let mut body = Vec::new();
+        leb(items.len(), &mut body);
+        for item in items {
+            body.extend_from_slice(item);
+        }
+        out.push(id);
+        leb(body.len(), out);
+        out.extend_from_slice(&body);
+    }
+
+    fn name(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        leb(s.len(), &mut out);
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+
+    /// A minimal proxy-wasm module whose `_initialize` runs `init` (a wasm expression, `end`
+    /// included); imports `proxy_get_log_level` (func 0) and `proxy_log` (func 1).
+    fn module(init: &[u8]) -> Vec<u8> {
+        let mut m = b"\0asm\x01\0\0\0".to_vec();
+        section(
+            1,
+            &[
+                vec![0x60, 0, 0],                         // 0: () -> ()
+                vec![0x60, 1, 0x7f, 1, 0x7f],             // 1: (i32) -> i32
+                vec![0x60, 2, 0x7f, 0x7f, 0],             // 2: (i32, i32) -> ()
+                vec![0x60, 3, 0x7f, 0x7f, 0x7f, 1, 0x7f], // 3: (i32, i32, i32) -> i32
+            ],
+            &mut m,
+        );
+        let import = |field: &str, ty: u8| [name("env"), name(field), vec![0, ty]].concat();
+        section(
+            2,
+            &[import("proxy_get_log_level", 1), import("proxy_log", 3)],
+            &mut m,
+        );
+        section(3, &[vec![0], vec![0], vec![2], vec![1]], &mut m);
+        section(5, &[vec![0, 1]], &mut m);
+        let export = |field: &str, kind: u8, index: u8| [name(field), vec![kind, index]].concat();
+        section(
+            7,
+            &[
+                export("memory", 2, 0),
+                export("_initialize", 0, 2),
+                export("proxy_abi_version_0_2_1", 0, 3),
+                export("proxy_on_context_create", 0, 4),
+                export("proxy_on_memory_allocate", 0, 5),
+            ],
+            &mut m,
+        );
+        let body = |expr: &[u8]| {
+            let mut code = vec![0]; // no locals
+            code.extend_from_slice(expr);
+            let mut out = Vec::new();
+            leb(code.len(), &mut out);
+            out.extend_from_slice(&code);
+            out
+        };
+        section(
+            10,
+            &[
+                body(init),
+                body(&[0x0b]),
+                body(&[0x0b]),
+                body(&[0x41, 0x80, 0x08, 0x0b]), // i32.const 1024
+            ],
+            &mut m,
+        );
+        m
+    }
+
+    fn start(label: &str, init: &[u8]) -> HostResult<Host> {
+        let path = std::env::temp_dir().join(format!(
+            "switchyard-wasmhost-init-{label}-{}.wasm",
+            std::process::id()
+        ));
+        std::fs::write(&path, module(init)).map_err(|e| HostError::Load(e.to_string()))?;
+        let host = Host::load(&path).and_then(|b| b.configure(""));
+        let _ = std::fs::remove_file(&path);
+        host
+    }
+
+    #[test]
+    fn initialisation_may_log_but_makes_no_other_host_call_as_in_envoy() {
+        // proxy_log(2, 0, 0): allowed while `_initialize` runs.
+        let logs = start("log", &[0x41, 2, 0x41, 0, 0x41, 0, 0x10, 1, 0x1a, 0x0b]);
+        assert!(logs.is_ok(), "{:?}", logs.err());
+        // proxy_get_log_level(8), as an `init_vm` inside `proxy_wasm::main!` would call: Envoy
+        // traps with `restricted_callback` and the VM fails.
+        match start("level", &[0x41, 8, 0x10, 0, 0x1a, 0x0b]) {
+            Err(HostError::Trap {
+                callback, message, ..
+            }) => {
+                assert_eq!(callback, "_initialize");
+                assert!(
+                    message.contains("restricted_callback: env.proxy_get_log_level"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a restricted_callback trap, got {:?}", other.err()),
+        }
     }
 }

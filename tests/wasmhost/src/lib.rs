@@ -20,9 +20,14 @@
 //! HTTP callout calls back with no headers; advancing the clock past a callout's timeout times it
 //! out; header lookups of a map that does not exist yet return `BadArgument`; callouts need
 //! `:method`, `:path` and `:authority`; stats are shared by name across workers; a stream's
-//! pending callouts are cancelled when it ends.
+//! pending callouts are cancelled when it ends; header values are bytes end to end (obs-text such
+//! as a lone `\xE9` reaches the module unchanged: `header_bytes` builders and accessors; the
+//! `&str` accessors return `None` for a value that is not UTF-8); while `_initialize`/`_start`
+//! (the SDK's `main!` body) runs, every host call but `proxy_log` and a few WASI calls traps with
+//! `restricted_callback`, failing the VM.
 
 mod abi;
+pub mod fuzz;
 mod host;
 pub mod scenario;
 mod state;

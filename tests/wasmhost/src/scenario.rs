@@ -8,7 +8,7 @@
 //! `?header=Name:Value` headers, and a JSON echo body.
 
 use crate::host::Host;
-use crate::types::{header, Message};
+use crate::types::{header_lossy, Message};
 use std::time::Duration;
 
 /// Looks up a request header as the upstream saw it.
@@ -286,30 +286,30 @@ pub fn emulate_upstream(request: &Message) -> Message {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
-            .or_else(|| {
-                request
-                    .header(&format!("x-echo-{name}"))
-                    .map(str::to_string)
-            })
+            .or_else(|| header_lossy(&request.headers, &format!("x-echo-{name}")))
     };
     let status = param("status")
         .and_then(|s| s.parse::<u32>().ok())
         .unwrap_or(200);
     let mut headers = vec![
-        (":status".to_string(), status.to_string()),
-        ("x-upstream-id".to_string(), UPSTREAM_ID.to_string()),
-        ("content-type".to_string(), "application/json".to_string()),
+        (":status".to_string(), status.to_string().into_bytes()),
+        ("x-upstream-id".to_string(), UPSTREAM_ID.as_bytes().to_vec()),
+        ("content-type".to_string(), b"application/json".to_vec()),
     ];
     for (_, v) in query.iter().filter(|(k, _)| k == "header") {
         if let Some((name, value)) = v.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            headers.push((
+                name.trim().to_ascii_lowercase(),
+                value.trim().as_bytes().to_vec(),
+            ));
         }
     }
     let mut echoed = serde_json::Map::new();
     for (k, v) in request.headers.iter().filter(|(k, _)| !k.starts_with(':')) {
+        let v = String::from_utf8_lossy(v);
         let joined = match echoed.get(k).and_then(|e| e.as_str()) {
             Some(prev) => format!("{prev}, {v}"),
-            None => v.clone(),
+            None => v.into_owned(),
         };
         echoed.insert(k.clone(), serde_json::Value::String(joined));
     }
@@ -396,11 +396,11 @@ pub fn run_on_host(scenario: &Scenario, workers: usize) -> Result<Vec<Observed>,
         let upstream = out.upstream.clone();
         let upstream_get = upstream.as_ref().map(|m| {
             move |name: &str| -> Option<String> {
-                let values: Vec<&str> = m
+                let values: Vec<String> = m
                     .headers
                     .iter()
                     .filter(|(k, _)| k == name)
-                    .map(|(_, v)| v.as_str())
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
                     .collect();
                 (!values.is_empty()).then(|| values.join(", "))
             }
@@ -410,7 +410,7 @@ pub fn run_on_host(scenario: &Scenario, workers: usize) -> Result<Vec<Observed>,
             .map(|f| f as &dyn Fn(&str) -> Option<String>);
         observed.push(step.observe(
             response.status().unwrap_or(0),
-            |name| header(&response.headers, name).map(str::to_string),
+            |name| header_lossy(&response.headers, name),
             upstream_dyn,
             &response.body_text(),
         ));
@@ -424,10 +424,7 @@ mod tests {
 
     fn msg(headers: &[(&str, &str)]) -> Message {
         Message {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            headers: crate::types::text_headers(headers),
             ..Message::default()
         }
     }

@@ -240,6 +240,8 @@ pub(crate) struct Vm {
     pub grpc_status: (u32, Option<String>),
     pub next_context: u32,
     pub done_called: bool,
+    /// `_initialize`/`_start` is running: host calls are restricted as in Envoy.
+    pub initializing: bool,
 }
 
 impl Vm {

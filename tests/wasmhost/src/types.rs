@@ -3,16 +3,38 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Header list in wire order; names are lower case as Envoy stores them.
-pub type Headers = Vec<(String, String)>;
+/// Header list in wire order: names lower case as Envoy stores them, values as bytes (an HTTP
+/// field value is bytes: obs-text such as a lone `\xE9` is legal, RFC 9110 §5.5, and Envoy passes
+/// it to the module unchanged). Every host call reads and writes values as bytes.
+pub type Headers = Vec<(String, Vec<u8>)>;
 
-/// First value of `name` (case-insensitive) in a header list.
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// First value of `name` (case-insensitive) in a header list, as bytes.
+pub fn header_bytes<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
     let name = name.to_ascii_lowercase();
     headers
         .iter()
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_slice())
+}
+
+/// First value of `name` (case-insensitive) in a header list, as text: `None` when the header is
+/// absent **or its value is not valid UTF-8** (use [`header_bytes`] to tell the two apart, or
+/// [`header_lossy`]).
+pub fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    header_bytes(headers, name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// First value of `name`, invalid UTF-8 replaced by U+FFFD (for messages and reports).
+pub fn header_lossy(headers: &[(String, Vec<u8>)], name: &str) -> Option<String> {
+    header_bytes(headers, name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A header list from text pairs (names lower-cased).
+pub fn text_headers(pairs: &[(&str, &str)]) -> Headers {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 /// Log level of a filter log line (proxy-wasm numbering).
@@ -86,8 +108,12 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
+    /// `None` when absent or not UTF-8 (see [`header`]).
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
+    }
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        header_bytes(&self.headers, name)
     }
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -103,8 +129,19 @@ pub struct Message {
 }
 
 impl Message {
+    /// `None` when absent or not UTF-8 (see [`header`]).
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
+    }
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        header_bytes(&self.headers, name)
+    }
+    /// A message with only a `:status` header.
+    pub fn with_status(status: u32) -> Self {
+        Message {
+            headers: vec![(":status".to_string(), status.to_string().into_bytes())],
+            ..Message::default()
+        }
     }
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -150,11 +187,19 @@ impl Outcome {
     pub fn status(&self) -> Option<u32> {
         self.response.as_ref().and_then(Message::status)
     }
+    /// A request header as the filter left it; `None` when absent or not UTF-8 (see [`header`]).
     pub fn request_header(&self, name: &str) -> Option<&str> {
         header(&self.request_headers, name)
     }
+    pub fn request_header_bytes(&self, name: &str) -> Option<&[u8]> {
+        header_bytes(&self.request_headers, name)
+    }
+    /// A response header the client receives; `None` when absent or not UTF-8 (see [`header`]).
     pub fn response_header(&self, name: &str) -> Option<&str> {
         self.response.as_ref().and_then(|r| r.header(name))
+    }
+    pub fn response_header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.response.as_ref().and_then(|r| r.header_bytes(name))
     }
     pub fn response_body(&self) -> String {
         self.response
@@ -195,11 +240,15 @@ pub struct Callout {
 }
 
 impl Callout {
-    /// An HTTP callout header (`:path`, `:method`, ...).
+    /// An HTTP callout header (`:path`, `:method`, ...); `None` when absent or not UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
         match &self.kind {
-            CalloutKind::Http { headers, .. } => header(headers, name),
-            CalloutKind::Grpc { metadata, .. } => header(metadata, name),
+            CalloutKind::Http { headers, .. } => header_bytes(headers, name),
+            CalloutKind::Grpc { metadata, .. } => header_bytes(metadata, name),
         }
     }
     pub fn body(&self) -> &[u8] {
@@ -245,9 +294,13 @@ impl CalloutReply {
         }
     }
     /// Adds a header to an HTTP reply.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
+    pub fn header(self, name: &str, value: &str) -> Self {
+        self.header_bytes(name, value.as_bytes())
+    }
+    /// Adds a header with any value bytes (obs-text included) to an HTTP reply.
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Self {
         if let CalloutReply::Http { headers, .. } = &mut self {
-            headers.push((name.to_ascii_lowercase(), value.to_string()));
+            headers.push((name.to_ascii_lowercase(), value.to_vec()));
         }
         self
     }

@@ -2,7 +2,7 @@
 //! provides them: no files or arguments, stdout/stderr logged at info/error, clocks reading the
 //! host's virtual clock, deterministic random bytes.
 
-use crate::abi::{read, write, write_u32};
+use crate::abi::{read, restricted, write, write_u32};
 use crate::state::{lock, Vm};
 use crate::types::{LogEntry, LogLevel};
 use wasmtime::{Caller, Error, Linker, Result};
@@ -26,6 +26,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         WASI,
         "fd_write",
         |mut c: C<'_>, fd: i32, iovs: i32, iovs_len: i32, written_ptr: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "fd_write")?;
             if fd != 1 && fd != 2 {
                 return Ok(ERRNO_BADF);
             }
@@ -60,6 +61,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         WASI,
         "fd_read",
         |mut c: C<'_>, fd: i32, _iovs: i32, _len: i32, read_ptr: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "fd_read")?;
             if fd != 0 {
                 return Ok(ERRNO_BADF);
             }
@@ -67,13 +69,15 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
             Ok(ERRNO_SUCCESS)
         },
     )?;
-    linker.func_wrap(WASI, "fd_close", |_c: C<'_>, _fd: i32| -> Result<i32> {
+    linker.func_wrap(WASI, "fd_close", |c: C<'_>, _fd: i32| -> Result<i32> {
+        restricted(c.data(), WASI, "fd_close")?;
         Ok(ERRNO_SUCCESS)
     })?;
     linker.func_wrap(
         WASI,
         "fd_seek",
-        |_c: C<'_>, _fd: i32, _offset: i64, _whence: i32, _ptr: i32| -> Result<i32> {
+        |c: C<'_>, _fd: i32, _offset: i64, _whence: i32, _ptr: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "fd_seek")?;
             Ok(ERRNO_SPIPE)
         },
     )?;
@@ -81,6 +85,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         WASI,
         "fd_fdstat_get",
         |mut c: C<'_>, fd: i32, ptr: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "fd_fdstat_get")?;
             if !(0..=2).contains(&fd) {
                 return Ok(ERRNO_BADF);
             }
@@ -94,37 +99,56 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
     linker.func_wrap(
         WASI,
         "fd_prestat_get",
-        |_c: C<'_>, _fd: i32, _ptr: i32| -> Result<i32> { Ok(ERRNO_BADF) },
+        |c: C<'_>, _fd: i32, _ptr: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "fd_prestat_get")?;
+            Ok(ERRNO_BADF)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "fd_prestat_dir_name",
-        |_c: C<'_>, _fd: i32, _ptr: i32, _len: i32| -> Result<i32> { Ok(ERRNO_BADF) },
+        |c: C<'_>, _fd: i32, _ptr: i32, _len: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "fd_prestat_dir_name")?;
+            Ok(ERRNO_BADF)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "environ_sizes_get",
-        |mut c: C<'_>, count: i32, size: i32| -> Result<i32> { empty_list(&mut c, count, size) },
+        |mut c: C<'_>, count: i32, size: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "environ_sizes_get")?;
+            empty_list(&mut c, count, size)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "environ_get",
-        |_c: C<'_>, _environ: i32, _buf: i32| -> Result<i32> { Ok(ERRNO_SUCCESS) },
+        |c: C<'_>, _environ: i32, _buf: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "environ_get")?;
+            Ok(ERRNO_SUCCESS)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "args_sizes_get",
-        |mut c: C<'_>, count: i32, size: i32| -> Result<i32> { empty_list(&mut c, count, size) },
+        |mut c: C<'_>, count: i32, size: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "args_sizes_get")?;
+            empty_list(&mut c, count, size)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "args_get",
-        |_c: C<'_>, _argv: i32, _buf: i32| -> Result<i32> { Ok(ERRNO_SUCCESS) },
+        |c: C<'_>, _argv: i32, _buf: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "args_get")?;
+            Ok(ERRNO_SUCCESS)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "clock_time_get",
         |mut c: C<'_>, _clock: i32, _precision: i64, ptr: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "clock_time_get")?;
             // Realtime and monotonic clocks both follow the virtual clock.
             let now = lock(&c.data().shared).now_nanos;
             write(&mut c, ptr, &now.to_le_bytes())?;
@@ -135,6 +159,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         WASI,
         "clock_res_get",
         |mut c: C<'_>, _clock: i32, ptr: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "clock_res_get")?;
             write(&mut c, ptr, &1u64.to_le_bytes())?;
             Ok(ERRNO_SUCCESS)
         },
@@ -143,6 +168,7 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
         WASI,
         "random_get",
         |mut c: C<'_>, ptr: i32, len: i32| -> Result<i32> {
+            restricted(c.data(), WASI, "random_get")?;
             let bytes: Vec<u8> = {
                 let mut shared = lock(&c.data().shared);
                 (0..len as u32)
@@ -153,10 +179,12 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
             Ok(ERRNO_SUCCESS)
         },
     )?;
-    linker.func_wrap(WASI, "sched_yield", |_c: C<'_>| -> Result<i32> {
+    linker.func_wrap(WASI, "sched_yield", |c: C<'_>| -> Result<i32> {
+        restricted(c.data(), WASI, "sched_yield")?;
         Ok(ERRNO_SUCCESS)
     })?;
-    linker.func_wrap(WASI, "proc_exit", |_c: C<'_>, code: i32| -> Result<()> {
+    linker.func_wrap(WASI, "proc_exit", |c: C<'_>, code: i32| -> Result<()> {
+        restricted(c.data(), WASI, "proc_exit")?;
         Err(Error::msg(format!("module called proc_exit({code})")))
     })?;
     Ok(())

@@ -208,3 +208,29 @@ fn stale_if_error_serves_the_old_entry_when_the_upstream_fails() {
         (Some(503), "broken")
     );
 }
+
+#[test]
+fn methods_are_case_sensitive_and_the_key_is_the_forwarded_authority() {
+    let mut host = cache(json!({}));
+    let send = |host: &mut Host, method: &str, authority: &str| {
+        host.worker(0)
+            .request()
+            .method(method)
+            .authority(authority)
+            .path("/item")
+            .upstream_header("cache-control", "max-age=60")
+            .upstream_body("x")
+            .send()
+            .unwrap()
+    };
+    // `get` is not `GET` (RFC 9110 §9.1): never stored or served from the cache.
+    let lower = send(&mut host, "get", "example.com");
+    assert_eq!(x_cache(&lower), "BYPASS");
+    assert!(send(&mut host, "get", "example.com").upstream_reached());
+    assert_eq!(x_cache(&send(&mut host, "GET", "example.com")), "MISS");
+    assert_eq!(x_cache(&send(&mut host, "GET", "example.com")), "HIT");
+    // The upstream sees `example.com:80` as sent: its entry is its own.
+    let port = send(&mut host, "GET", "example.com:80");
+    assert!(port.upstream_reached());
+    assert_eq!(x_cache(&port), "MISS");
+}
