@@ -84,7 +84,13 @@ pub fn test(options: &Options) -> Result<()> {
     // the disallowed SDK methods (clippy.toml) are enforced here.
     step("clippy (wasm32-wasip1)", || {
         let mut cmd = util::cargo();
-        cmd.args(["clippy", "--target", build::WASM_TARGET, "-p", "switchyard-core"]);
+        cmd.args([
+            "clippy",
+            "--target",
+            build::WASM_TARGET,
+            "-p",
+            "switchyard-core",
+        ]);
         for f in build::FILTERS.iter().chain([&build::PROBE]) {
             cmd.args(["-p", &build::package(f)]);
         }

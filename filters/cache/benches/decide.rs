@@ -34,6 +34,7 @@ fn decide(c: &mut Criterion) {
     let spec = KeySpec {
         query: QueryKey::Exclude(vec!["utm_source".to_owned()]),
         headers: vec!["accept-encoding".to_owned()],
+        seed: 0,
     };
     let mut i = 0usize;
     let mut group = c.benchmark_group("cache/key");
@@ -46,17 +47,17 @@ fn decide(c: &mut Criterion) {
     group.finish();
 
     let now_s = 1_700_000_000u64;
-    let headers: Vec<(String, String)> = vec![
+    let headers: Vec<(String, Vec<u8>)> = vec![
         (
             "cache-control".to_owned(),
-            "public, max-age=600, stale-while-revalidate=30".to_owned(),
+            b"public, max-age=600, stale-while-revalidate=30".to_vec(),
         ),
         (
             "date".to_owned(),
-            "Tue, 14 Nov 2023 22:13:20 GMT".to_owned(),
+            b"Tue, 14 Nov 2023 22:13:20 GMT".to_vec(),
         ),
-        ("etag".to_owned(), "\"v1\"".to_owned()),
-        ("content-type".to_owned(), "application/json".to_owned()),
+        ("etag".to_owned(), b"\"v1\"".to_vec()),
+        ("content-type".to_owned(), b"application/json".to_vec()),
     ];
     let policy = Policy {
         default_ttl: 0,

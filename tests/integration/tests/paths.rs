@@ -40,7 +40,11 @@ fn dot_segments_and_doubled_slashes_reach_the_api_route() {
     for path in ["/api/x", "//api/x", "/x/../api/x", "/./api//x", "/%61pi/x"] {
         let r = envoy.get(path).send();
         assert_eq!(r.status, 200, "{path}: {}", r.text());
-        assert_eq!(r.upstream(), Some("api"), "{path} must take the /api/ route");
+        assert_eq!(
+            r.upstream(),
+            Some("api"),
+            "{path} must take the /api/ route"
+        );
     }
     // Every one reached the API upstream under its normalised name.
     let seen: Vec<String> = api.requests().into_iter().map(|r| r.path).collect();
@@ -70,7 +74,12 @@ fn a_cache_bypass_of_admin_holds_for_every_spelling() {
         .cluster("origin", [origin.addr()])
         .route_to("origin")
         .start();
-    for path in ["/admin/users", "//admin/users", "/x/../admin/users", "/admin//users"] {
+    for path in [
+        "/admin/users",
+        "//admin/users",
+        "/x/../admin/users",
+        "/admin//users",
+    ] {
         for _ in 0..2 {
             let r = envoy.get(path).send();
             assert_eq!(r.status, 200, "{path}");
@@ -81,7 +90,11 @@ fn a_cache_bypass_of_admin_holds_for_every_spelling() {
             );
         }
     }
-    assert_eq!(origin.requests().len(), 8, "every request reached the origin");
+    assert_eq!(
+        origin.requests().len(),
+        8,
+        "every request reached the origin"
+    );
 }
 
 /// Every shipped Envoy configuration runs its listener as an edge proxy with normalised paths,
@@ -114,7 +127,10 @@ fn every_shipped_configuration_normalises_paths_and_reloads_failed_vms() {
             );
         }
     }
-    for f in files.iter().chain(&["envoy/router-ecds/router-filter.yaml"]) {
+    for f in files
+        .iter()
+        .chain(&["envoy/router-ecds/router-filter.yaml"])
+    {
         let text = std::fs::read_to_string(root.join(f)).unwrap();
         let filters = text
             .matches("@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
