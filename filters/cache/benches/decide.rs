@@ -52,10 +52,7 @@ fn decide(c: &mut Criterion) {
             "cache-control".to_owned(),
             b"public, max-age=600, stale-while-revalidate=30".to_vec(),
         ),
-        (
-            "date".to_owned(),
-            b"Tue, 14 Nov 2023 22:13:20 GMT".to_vec(),
-        ),
+        ("date".to_owned(), b"Tue, 14 Nov 2023 22:13:20 GMT".to_vec()),
         ("etag".to_owned(), b"\"v1\"".to_vec()),
         ("content-type".to_owned(), b"application/json".to_vec()),
     ];
