@@ -34,6 +34,7 @@ fn decide(c: &mut Criterion) {
     let spec = KeySpec {
         query: QueryKey::Exclude(vec!["utm_source".to_owned()]),
         headers: vec!["accept-encoding".to_owned()],
+        cluster_header: "x-switchyard-cluster".to_owned(),
         seed: 0,
     };
     let mut i = 0usize;

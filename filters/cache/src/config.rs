@@ -35,6 +35,10 @@ struct RawConfig {
     store_set_cookie: bool,
     #[serde(default)]
     upstream_cluster: Option<String>,
+    #[serde(default)]
+    cluster_header: Option<String>,
+    #[serde(default)]
+    host_header: Option<String>,
     #[serde(default = "default_upstream_timeout")]
     upstream_timeout: Duration,
     #[serde(default = "default_coalesce_timeout")]
@@ -133,6 +137,8 @@ pub struct Config {
     pub purge: Option<PurgeConfig>,
     pub store_set_cookie: bool,
     pub upstream_cluster: Option<String>,
+    /// The header carrying the host choice for Envoy's `override_host` (hashring's output).
+    pub host_header: String,
     pub upstream_timeout: Duration,
     pub coalesce_timeout: Duration,
     pub tag_headers: Vec<String>,
@@ -295,6 +301,27 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
             })
         }
     };
+    let header_name =
+        |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
+            let h = v.unwrap_or_else(|| default.to_string());
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{h:?} is not a lower-case header name"),
+                ));
+            }
+            Ok(h)
+        };
+    let cluster_header = header_name(
+        "cluster_header",
+        raw.cluster_header.clone(),
+        switchyard_core::routing::CLUSTER_HEADER,
+    )?;
+    let host_header = header_name("host_header", raw.host_header.clone(), "x-upstream-host")?;
     if let Some(c) = &raw.upstream_cluster {
         if c.is_empty() {
             return Err(ConfigError::new("upstream_cluster", "must not be empty"));
@@ -327,6 +354,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         key: KeySpec {
             query,
             headers,
+            cluster_header,
             seed: 0,
         },
         default_ttl: raw.default_ttl.as_secs(),
@@ -335,6 +363,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         purge,
         store_set_cookie: raw.store_set_cookie,
         upstream_cluster: raw.upstream_cluster,
+        host_header,
         upstream_timeout: raw.upstream_timeout,
         coalesce_timeout: raw.coalesce_timeout,
         tag_headers: raw

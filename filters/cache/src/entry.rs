@@ -2,7 +2,7 @@
 
 use crate::rfc::{AgeClock, Field};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// A stored response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -20,6 +20,9 @@ pub struct Entry {
     pub clock: AgeClock,
     /// Purge tags from `Cache-Tag` / `Surrogate-Key`.
     pub tags: Vec<String>,
+    /// The upstream host that served it (Envoy's `upstream.address`; empty if unknown): a
+    /// background refresh asks the same host, as the hashring filter would choose it.
+    pub upstream_host: String,
 }
 
 struct Writer(Vec<u8>);
@@ -106,6 +109,7 @@ impl Entry {
         for t in &self.tags {
             w.bytes(t.as_bytes());
         }
+        w.bytes(self.upstream_host.as_bytes());
         w.bytes(&self.body);
         w.0
     }
@@ -155,6 +159,7 @@ impl Entry {
         for _ in 0..n {
             tags.push(r.string()?);
         }
+        let upstream_host = r.string()?;
         let body = r.bytes()?.to_vec();
         Some((
             generation,
@@ -167,6 +172,7 @@ impl Entry {
                 body,
                 clock,
                 tags,
+                upstream_host,
             },
         ))
     }
@@ -203,6 +209,7 @@ mod tests {
                 response_time: 99,
             },
             tags: vec!["t1".into()],
+            upstream_host: "10.0.0.7:8080".into(),
         };
         let bytes = e.encode(7);
         assert_eq!(Entry::decode(&bytes), Some((7, e)));

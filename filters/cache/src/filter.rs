@@ -4,7 +4,8 @@
 use crate::config::{self, Config, PurgeConfig};
 use crate::entry::Entry;
 use crate::key::{
-    key_origin, normalise_authority, uri_hash, variant_hash, vary_names, vary_values, CacheKey,
+    key_origin, normalise_authority, uri_hash, variant_hash, vary_names, vary_values,
+    without_routing, CacheKey,
 };
 use crate::locks::{Acquire, Locks};
 use crate::respond::{self, Outcome};
@@ -23,6 +24,7 @@ use switchyard_core::abi::{Buffer, Map};
 use switchyard_core::hash::stable_hash64;
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::metrics::Metrics;
+use switchyard_core::routing::RoutingRecord;
 use switchyard_core::RequestView;
 
 const NAME: &str = "cache";
@@ -61,6 +63,8 @@ struct Waiter {
 /// A stale-while-revalidate refresh to run in the background.
 struct Background {
     key: CacheKey,
+    /// The routed cluster (routing record), else `upstream_cluster`.
+    cluster: String,
     view: RequestView,
     stale: Entry,
     request_time: u64,
@@ -204,6 +208,7 @@ impl Runtime {
             body: Vec::new(),
             clock: AgeClock::new(&facts, request_time, now),
             tags: respond::tags(headers, &self.cfg.tag_headers),
+            upstream_host: String::new(),
         }
     }
 }
@@ -300,45 +305,17 @@ impl CacheRoot {
     }
 
     fn run_background(&self, rt: &Runtime, now: u64) {
-        let Some(cluster) = rt.cfg.upstream_cluster.as_deref() else {
-            return;
-        };
         let queued = std::mem::take(&mut rt.state.borrow_mut().queued);
         for mut bg in queued {
-            let mut headers: Vec<Field> = vec![
-                (":method".into(), b"GET".to_vec()),
-                (":path".into(), bg.view.raw_path().as_bytes().to_vec()),
-                (":authority".into(), bg.view.authority().as_bytes().to_vec()),
-                (":scheme".into(), b"http".to_vec()),
-            ];
-            for (k, v) in bg.view.headers() {
-                if !matches!(
-                    k.as_str(),
-                    "if-none-match"
-                        | "if-modified-since"
-                        | "content-length"
-                        | "connection"
-                        | "transfer-encoding"
-                        | "host"
-                        | "cache-control"
-                        | "pragma"
-                ) {
-                    headers.push((k.clone(), v.clone()));
-                }
-            }
-            if let Some(etag) = bg.stale.header("etag") {
-                headers.push(("if-none-match".into(), etag.to_vec()));
-            }
-            if let Some(lm) = bg.stale.header("last-modified") {
-                headers.push(("if-modified-since".into(), lm.to_vec()));
-            }
+            let headers = respond::refresh_headers(&bg.view, &bg.stale, &rt.cfg.host_header);
+            let cluster = bg.cluster.clone();
             bg.request_time = now;
             let pairs: Vec<(&str, &[u8])> = headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_slice()))
                 .collect();
             match host::dispatch_http_call_bytes(
-                cluster,
+                &cluster,
                 &pairs,
                 &[],
                 rt.cfg.upstream_timeout.std(),
@@ -399,6 +376,7 @@ impl Context for CacheRoot {
                 let mut entry =
                     rt.build_entry(&bg.key, &bg.view, status, &headers, bg.request_time, now);
                 entry.body = host::http_call_body(body_size).unwrap_or_default();
+                entry.upstream_host = bg.stale.upstream_host.clone();
                 rt.insert(&entry, &bg.key, now);
             }
         }
@@ -642,15 +620,18 @@ impl CacheHttp {
         let purged = if let Some(wanted) = tags {
             store.remove_entries_where(|e| e.tags.iter().any(|t| wanted.contains(t)))
         } else if let Some(pre) = prefix {
-            // Entries of either scheme under this authority.
-            let starts: Vec<String> = ["http", "https"]
+            // Entries of either scheme under this authority, whatever their routing.
+            let origins: Vec<String> = ["http", "https"]
                 .iter()
-                .map(|scheme| format!("{}{pre}", key_origin(scheme, view.authority())))
+                .map(|scheme| key_origin(scheme, view.authority()))
                 .collect();
-            store.remove_entries_where(|e| starts.iter().any(|s| e.key.starts_with(s)))
+            store.remove_entries_where(|e| {
+                e.path.starts_with(&pre) && origins.iter().any(|o| e.key.starts_with(o))
+            })
         } else if let Some(target) = key_view {
-            let key = rt.cfg.key.key(&target);
-            store.remove_primary(key.hash)
+            // Every routed variant of the URL (each cluster or route stores its own entry).
+            let wanted = without_routing(&rt.cfg.key.key(&target).text);
+            store.remove_entries_where(|e| without_routing(&e.key) == wanted)
         } else {
             0
         };
@@ -681,7 +662,11 @@ impl CacheHttp {
                 return Action::Continue;
             }
             let mut decision = serve_decision(&req.facts, &rfacts.cc, lifetime, age);
-            if decision == Serve::StaleWhileRevalidate && rt.cfg.upstream_cluster.is_none() {
+            // A refresh goes where the router sent the request, else to `upstream_cluster`.
+            let refresh_cluster = RoutingRecord::read(&req.view, &rt.cfg.key.cluster_header)
+                .cluster
+                .or_else(|| rt.cfg.upstream_cluster.clone());
+            if decision == Serve::StaleWhileRevalidate && refresh_cluster.is_none() {
                 decision = Serve::Revalidate;
             }
             match decision {
@@ -702,6 +687,7 @@ impl CacheHttp {
                     if st.in_flight_keys.insert(req.key.hash) {
                         st.queued.push(Background {
                             key: req.key.clone(),
+                            cluster: refresh_cluster.unwrap_or_default(),
                             view: req.view.clone(),
                             stale: entry,
                             request_time: now,
@@ -799,6 +785,7 @@ impl CacheHttp {
         status: u16,
         headers: &[Field],
         now: u64,
+        from_upstream: bool,
     ) {
         let Some(req) = &self.req else { return };
         let facts = facts_with_date(status, headers, now);
@@ -808,7 +795,9 @@ impl CacheHttp {
             stored: false,
             detail: None,
         };
-        let verdict = if req.head {
+        let verdict = if !from_upstream {
+            Err("local-reply")
+        } else if req.head {
             Err("head")
         } else {
             storable(&req.facts, &facts, &rt.policy).map_err(|r| r.as_str())
@@ -826,8 +815,10 @@ impl CacheHttp {
         };
         match verdict {
             Ok(()) => {
-                let entry =
+                let mut entry =
                     rt.build_entry(&req.key, &req.view, status, headers, req.request_time, now);
+                entry.upstream_host =
+                    host::property_text(&["upstream", "address"]).unwrap_or_default();
                 self.collect = Some(Collect {
                     entry,
                     budget: rt.collecting.clone(),
@@ -953,6 +944,10 @@ impl HttpContext for CacheHttp {
         let now = host::now_nanos();
         let headers = lower(host::headers(Map::ResponseHeaders));
         let status = status_of(&headers);
+        // Only what an upstream answered is stored or invalidates: never a local reply of
+        // Envoy (no healthy upstream, timeout) or of a filter.
+        let from_upstream =
+            host::property_text(&["response", "code_details"]).as_deref() == Some("via_upstream");
         match std::mem::replace(&mut self.stage, Stage::Pass(None)) {
             Stage::Pass(outcome) => {
                 if let Some(o) = outcome {
@@ -960,7 +955,9 @@ impl HttpContext for CacheHttp {
                 }
             }
             Stage::Invalidate => {
-                self.invalidate(&rt, status, &headers);
+                if from_upstream {
+                    self.invalidate(&rt, status, &headers);
+                }
                 let o = Outcome::Forward {
                     fwd: "method",
                     status: None,
@@ -969,12 +966,14 @@ impl HttpContext for CacheHttp {
                 };
                 self.set_status_headers(&rt, &o);
             }
-            Stage::Forward(fwd) => self.forward_response(&rt, fwd, status, &headers, now),
+            Stage::Forward(fwd) => {
+                self.forward_response(&rt, fwd, status, &headers, now, from_upstream)
+            }
             Stage::Revalidate { entry, ours } => {
                 let Some(req) = &self.req else {
                     return Action::Continue;
                 };
-                if status == 304 && ours {
+                if status == 304 && ours && from_upstream {
                     let mut fresh = *entry;
                     respond::merge_not_modified(&mut fresh.headers, &headers);
                     fresh.clock = AgeClock::new(
@@ -1007,7 +1006,7 @@ impl HttpContext for CacheHttp {
                     self.stage = Stage::Served;
                     return Action::Pause;
                 }
-                self.forward_response(&rt, "stale", status, &headers, now);
+                self.forward_response(&rt, "stale", status, &headers, now, from_upstream);
             }
             Stage::Waiting | Stage::Served => {}
         }

@@ -3,6 +3,7 @@
 
 use switchyard_core::hash::{stable_hash64, stable_hash64_seeded};
 use switchyard_core::request::{key_text, percent_decode};
+use switchyard_core::routing::RoutingRecord;
 use switchyard_core::RequestView;
 
 /// Which query parameters are part of the key.
@@ -20,6 +21,9 @@ pub struct KeySpec {
     pub query: QueryKey,
     /// Lower-case request header names whose values are part of the key.
     pub headers: Vec<String>,
+    /// Where the router writes the routed cluster: the routing record
+    /// (`switchyard_core::routing`) is part of every key.
+    pub cluster_header: String,
     /// Seeds the key hash, which picks an entry's bucket in the store: a random value per
     /// Envoy process (kept in shared data), so nobody can craft URLs that land in the bucket of
     /// a hot entry and evict it.
@@ -87,12 +91,35 @@ fn normalised_query(query: Option<&str>, spec: &QueryKey) -> String {
     pairs.join("&")
 }
 
+/// Starts the key line of the routing record. `@` is not a header-name character, so no
+/// `key.headers` line can look like it.
+const ROUTED_MARK: &str = "@";
+
+/// A key text without its routing line: the same URL's entries across clusters and routes
+/// share it (purges by URL remove every routed variant).
+pub fn without_routing(text: &str) -> String {
+    text.split('\n')
+        .filter(|line| !line.starts_with(ROUTED_MARK))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl KeySpec {
     /// The primary key of a request. GET and HEAD share a key ("method class"), so a HEAD is
     /// answered from a stored GET.
     pub fn key(&self, req: &RequestView) -> CacheKey {
         let authority = req.authority();
         let mut text = key_origin(req.scheme(), authority);
+        // What decides the response: where the router sent the request (cluster and route),
+        // then the path and authority as the router left them.
+        let record = RoutingRecord::read(req, &self.cluster_header);
+        if let Some(cluster) = &record.cluster {
+            text.push_str(ROUTED_MARK);
+            text.push_str(cluster);
+            text.push('/');
+            text.push_str(record.route.as_deref().unwrap_or(""));
+            text.push('\n');
+        }
         text.push_str(req.path());
         let q = normalised_query(req.query_string(), &self.query);
         if !q.is_empty() {
@@ -168,11 +195,13 @@ pub fn variant_hash(values: &[(String, Option<String>)]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_core::routing::CLUSTER_HEADER;
 
     fn spec(query: QueryKey, headers: &[&str]) -> KeySpec {
         KeySpec {
             query,
             headers: headers.iter().map(|h| h.to_string()).collect(),
+            cluster_header: CLUSTER_HEADER.to_string(),
             seed: 0,
         }
     }
@@ -235,6 +264,40 @@ mod tests {
         assert_ne!(s.key(&t1), s.key(&t2));
         // Query variants of one path share the invalidation hash.
         assert_eq!(s.key(&get("/a?x=1")).uri_hash, s.key(&get("/a")).uri_hash);
+    }
+
+    #[test]
+    fn the_routing_record_is_part_of_the_key() {
+        use switchyard_core::routing::ROUTE_HEADER;
+        let s = spec(QueryKey::All, &[]);
+        let routed = |cluster: &str, route: &str| {
+            get("/api/x")
+                .with_header(CLUSTER_HEADER, cluster)
+                .with_header(ROUTE_HEADER, route)
+        };
+        // A canary (another cluster) and another route to the same cluster are other keys.
+        assert_ne!(
+            s.key(&routed("api-v1", "api")),
+            s.key(&routed("api-v2", "api"))
+        );
+        assert_ne!(
+            s.key(&routed("api-v1", "api")),
+            s.key(&routed("api-v1", "beta"))
+        );
+        assert_eq!(
+            s.key(&routed("api-v1", "api")),
+            s.key(&routed("api-v1", "api"))
+        );
+        assert_ne!(s.key(&routed("api-v1", "api")), s.key(&get("/api/x")));
+        assert_eq!(
+            without_routing(&s.key(&routed("api-v2", "canary")).text),
+            s.key(&get("/api/x")).text
+        );
+        // The invalidation hash is the URI's: an unsafe request invalidates every variant.
+        assert_eq!(
+            s.key(&routed("api-v1", "api")).uri_hash,
+            s.key(&get("/api/x")).uri_hash
+        );
     }
 
     #[test]

@@ -87,6 +87,63 @@ pub fn merge_not_modified(stored: &mut Vec<Field>, fresh: &[Field]) {
     );
 }
 
+/// Request fields a background refresh never replays: the client's conditionals and
+/// connection fields, its cache directives, and its credentials (a refresh's answer is stored
+/// for everyone, so it must not be personalised).
+const NOT_REPLAYED: &[&str] = &[
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "host",
+    "cache-control",
+    "pragma",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+];
+
+/// The request a stale-while-revalidate refresh sends: the routed request as this filter saw it
+/// (the router already rewrote `:path` and `:authority` and wrote the routing record), without
+/// credentials or client conditionals, with the stored validators, and with the host that served
+/// the entry in `host_header` (never a client-sent host choice).
+pub fn refresh_headers(
+    view: &switchyard_core::RequestView,
+    stale: &Entry,
+    host_header: &str,
+) -> Vec<Field> {
+    let mut headers: Vec<Field> = vec![
+        (":method".into(), b"GET".to_vec()),
+        (":path".into(), view.raw_path().as_bytes().to_vec()),
+        (":authority".into(), view.authority().as_bytes().to_vec()),
+        (":scheme".into(), b"http".to_vec()),
+    ];
+    headers.extend(
+        view.headers()
+            .iter()
+            .filter(|(k, _)| !NOT_REPLAYED.contains(&k.as_str()) && k != host_header)
+            .cloned(),
+    );
+    if let Some(etag) = stale.header("etag") {
+        headers.push(("if-none-match".into(), etag.to_vec()));
+    }
+    if let Some(lm) = stale.header("last-modified") {
+        headers.push(("if-modified-since".into(), lm.to_vec()));
+    }
+    if !stale.upstream_host.is_empty() {
+        headers.push((
+            host_header.to_string(),
+            stale.upstream_host.as_bytes().to_vec(),
+        ));
+    }
+    headers
+}
+
 /// How a response relates to the cache, for `Cache-Status` and `x-cache`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -371,6 +428,39 @@ mod tests {
         ]);
         let names: Vec<String> = stored_headers(&h, 0).into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, vec!["content-type", "date"]);
+    }
+
+    #[test]
+    fn a_refresh_replays_the_routed_request_without_credentials() {
+        use switchyard_core::RequestView;
+        let view = RequestView::new("GET", "/v2/items?a=1")
+            .with_authority("api.internal")
+            .with_header("x-switchyard-cluster", "api-v2")
+            .with_header("authorization", "Bearer alice")
+            .with_header("cookie", "session=alice")
+            .with_header("x-upstream-host", "10.9.9.9:80")
+            .with_header("if-none-match", "\"client\"")
+            .with_header("accept", "application/json");
+        let stale = Entry {
+            headers: hv(&[("etag", "\"v1\"")]),
+            upstream_host: "10.0.0.2:8080".into(),
+            ..Default::default()
+        };
+        let h = refresh_headers(&view, &stale, "x-upstream-host");
+        let get = |n: &str| -> Vec<&[u8]> {
+            h.iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_slice())
+                .collect()
+        };
+        assert_eq!(get(":path"), vec![&b"/v2/items?a=1"[..]]);
+        assert_eq!(get(":authority"), vec![&b"api.internal"[..]]);
+        assert_eq!(get("x-switchyard-cluster"), vec![&b"api-v2"[..]]);
+        assert_eq!(get("accept"), vec![&b"application/json"[..]]);
+        assert!(get("authorization").is_empty() && get("cookie").is_empty());
+        // The stored validator, not the client's; the serving host, not a client's choice.
+        assert_eq!(get("if-none-match"), vec![&b"\"v1\""[..]]);
+        assert_eq!(get("x-upstream-host"), vec![&b"10.0.0.2:8080"[..]]);
     }
 
     #[test]

@@ -160,6 +160,10 @@ struct RawConfig {
     debug_header: Option<String>,
     #[serde(default)]
     no_key: NoKey,
+    #[serde(default)]
+    clusters: Option<Vec<String>>,
+    #[serde(default)]
+    cluster_header: Option<String>,
 }
 
 /// The validated configuration.
@@ -178,6 +182,10 @@ pub struct Config {
     pub output: Output,
     pub debug_header: Option<String>,
     pub no_key: NoKey,
+    /// The clusters this filter picks hosts for (from the routing record); `None`: every request.
+    pub clusters: Option<Vec<String>>,
+    /// Where the router writes the routed cluster (`switchyard_core::routing`).
+    pub cluster_header: String,
 }
 
 pub const DEFAULT_FALLBACKS: u32 = 2;
@@ -285,7 +293,35 @@ impl Config {
                 Some(validate_header_name(&h).map_err(|m| ConfigError::new("debug_header", m))?)
             }
         };
+        if let Some(c) = &raw.clusters {
+            if c.is_empty() {
+                return Err(ConfigError::new(
+                    "clusters",
+                    "must list at least one cluster (or be left out to act on every request)",
+                ));
+            }
+            for (i, name) in c.iter().enumerate() {
+                if name.is_empty()
+                    || name
+                        .bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                {
+                    return Err(ConfigError::new(
+                        switchyard_core::config::index_path("clusters", i),
+                        format!("{name:?} is not a cluster name"),
+                    ));
+                }
+            }
+        }
+        let cluster_header = match raw.cluster_header {
+            None => switchyard_core::routing::CLUSTER_HEADER.to_string(),
+            Some(h) => {
+                validate_header_name(&h).map_err(|m| ConfigError::new("cluster_header", m))?
+            }
+        };
         Ok(Config {
+            clusters: raw.clusters,
+            cluster_header,
             algorithm: raw.algorithm,
             hosts,
             hosts_from: raw.hosts_from,

@@ -15,6 +15,7 @@ use switchyard_core::abi::{self, Map};
 use switchyard_core::hash::stable_hash64;
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::metrics::Metrics;
+use switchyard_core::routing::RoutingRecord;
 use switchyard_core::shared::{cas_update, ensure_key, CasOutcome, SharedStore, Update};
 
 /// Envoy `response.flags` bits that mean the upstream host failed the request: timeout (UT),
@@ -93,6 +94,7 @@ impl Runtime {
             "hosts_from_updates",
             "hosts_from_rejected",
             "hosts_from_errors",
+            "other_cluster",
         ] {
             metrics.define_counter(stat);
         }
@@ -374,6 +376,7 @@ impl RootContext for HashringRoot {
             round_robin: self.round_robin.clone(),
             admitted: None,
             listed: Vec::new(),
+            upstream_status: None,
             explain: None,
         }))
     }
@@ -390,8 +393,10 @@ pub struct HashringHttp {
     round_robin: Rc<Cell<u64>>,
     /// Host whose in-flight count this request holds (released exactly once in `on_log`).
     admitted: Option<String>,
-    /// Hosts written to the header, in order (for attributing retried failures).
+    /// Hosts written to the header, in order.
     listed: Vec<usize>,
+    /// The response status as it reached this filter from the upstream.
+    upstream_status: Option<u64>,
     explain: Option<String>,
 }
 
@@ -403,6 +408,19 @@ impl HttpContext for HashringHttp {
             return Action::Continue;
         };
         let view = host::request_view();
+        if let Some(own) = &rt.config.clusters {
+            let record = RoutingRecord::read(&view, &rt.config.cluster_header);
+            if !record.cluster.as_ref().is_some_and(|c| own.contains(c)) {
+                // Routed to a cluster that is not ours: no host choice, no in-flight charge,
+                // no health record. Only a client-sent host choice is removed, so it never
+                // reaches a load balancer.
+                if let Output::Header(name) = &rt.config.output {
+                    host::set_header(Map::RequestHeaders, name, None);
+                }
+                rt.metrics.inc("other_cluster");
+                return Action::Continue;
+            }
+        }
         let now = host::now_nanos();
         let set = rt.current();
         self.set = Some(set.clone());
@@ -538,6 +556,13 @@ impl HttpContext for HashringHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // The status as the upstream sent it: later in the response path the cache may replace
+        // a 5xx with a stored response (stale-if-error), and `response.code` in `on_log` would
+        // then hide the host's failure.
+        if self.set.is_some() && self.upstream_status.is_none() {
+            self.upstream_status = host::header(Map::ResponseHeaders, ":status")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+        }
         if let (Some(rt), Some(explain)) = (&self.runtime, &self.explain) {
             if let Some(name) = &rt.config.debug_header {
                 host::set_header(Map::ResponseHeaders, name, Some(explain.as_bytes()));
@@ -596,7 +621,10 @@ impl HashringHttp {
             // Never reached an upstream (local reply before routing): nothing to attribute.
             return;
         };
-        let code = host::property_u64(&["response", "code"]).unwrap_or(0);
+        let code = self
+            .upstream_status
+            .or_else(|| host::property_u64(&["response", "code"]))
+            .unwrap_or(0);
         let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
         let failed = code >= 500 || flags & UPSTREAM_FAILURE_FLAGS != 0;
         if code == 0 && !failed {
@@ -605,16 +633,9 @@ impl HashringHttp {
         }
         let now = host::now_nanos();
         let cooldown = health.cooldown.as_nanos();
-        let mut outcomes: Vec<(usize, bool)> = Vec::new();
         let served_index = set.host_index(&served);
-        if matches!(rt.config.output, Output::Header(_)) {
-            if let Some(pos) = served_index.and_then(|s| self.listed.iter().position(|l| *l == s)) {
-                outcomes.extend(self.listed[..pos].iter().map(|h| (*h, true)));
-            }
-        }
-        if let Some(s) = served_index {
-            outcomes.push((s, failed));
-        }
+        let attempts = host::property_u64(&["upstream", "request_attempt_count"]).unwrap_or(1);
+        let outcomes = tried_hosts(&self.listed, served_index, attempts, failed);
         for (h, failed) in outcomes {
             let Some(address) = set.hosts.get(h).map(|x| x.address.as_str()) else {
                 continue;
@@ -646,9 +667,48 @@ impl HashringHttp {
     }
 }
 
+/// The hosts a finished request actually tried, with whether each failed. Envoy's
+/// `override_host` walks the listed hosts in order, one per attempt, so when the served host is
+/// the `attempts`-th listed one, the hosts before it were tried and failed. Otherwise (a host
+/// Envoy skipped without trying, a request that went elsewhere) only the served host is known.
+fn tried_hosts(
+    listed: &[usize],
+    served: Option<usize>,
+    attempts: u64,
+    failed: bool,
+) -> Vec<(usize, bool)> {
+    let Some(served) = served else {
+        return Vec::new();
+    };
+    let attempts = usize::try_from(attempts).unwrap_or(usize::MAX);
+    match attempts.checked_sub(1) {
+        Some(pos) if pos > 0 && listed.get(pos) == Some(&served) => listed[..pos]
+            .iter()
+            .map(|h| (*h, true))
+            .chain([(served, failed)])
+            .collect(),
+        _ => vec![(served, failed)],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hosts_actually_tried_are_attributed() {
+        // Third attempt served by the third listed host: the first two failed.
+        assert_eq!(
+            tried_hosts(&[4, 7, 2], Some(2), 3, false),
+            vec![(4, true), (7, true), (2, false)]
+        );
+        // One attempt, served by a later listed host (Envoy skipped the first without trying
+        // it): only the served host is known.
+        assert_eq!(tried_hosts(&[4, 7, 2], Some(7), 1, true), vec![(7, true)]);
+        // Served by a host that is not in the list (another cluster sharing hosts).
+        assert_eq!(tried_hosts(&[4, 7], Some(9), 2, false), vec![(9, false)]);
+        assert!(tried_hosts(&[4, 7], None, 1, true).is_empty());
+    }
 
     #[test]
     fn stat_labels_have_no_separators() {

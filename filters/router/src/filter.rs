@@ -11,6 +11,7 @@ use std::time::Duration as StdDuration;
 use switchyard_core::abi::{self, Buffer, Map};
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::metrics::Metrics;
+use switchyard_core::routing::ROUTE_HEADER;
 
 pub const EXPLAIN_HEADER: &str = "x-switchyard-route";
 pub const VERSION_HEADER: &str = "x-switchyard-table-version";
@@ -458,7 +459,10 @@ impl RouterHttp {
         let mut headers = Vec::new();
         for (k, mut v) in host::headers(Map::RequestHeaders) {
             let k = String::from_utf8_lossy(&k).into_owned();
-            if MIRROR_SKIP.contains(&k.as_str()) || k == self.plugin.config.cluster_header {
+            if MIRROR_SKIP.contains(&k.as_str())
+                || k == self.plugin.config.cluster_header
+                || k == ROUTE_HEADER
+            {
                 continue;
             }
             // Envoy's convention: the shadow sees the host suffixed with "-shadow".
@@ -508,11 +512,17 @@ impl HttpContext for RouterHttp {
                 authority,
                 mirror,
             } => {
-                // Always overwritten, so clients cannot pick a cluster themselves.
+                // The routing record (`switchyard_core::routing`), always overwritten so
+                // clients can neither pick a cluster nor forge what later filters read.
                 host::set_header(
                     Map::RequestHeaders,
                     cluster_header,
                     Some(cluster.as_bytes()),
+                );
+                host::set_header(
+                    Map::RequestHeaders,
+                    ROUTE_HEADER,
+                    Some(table.name(decision.matched).as_bytes()),
                 );
                 if let Some(p) = &path {
                     host::set_header(Map::RequestHeaders, ":path", Some(p.as_bytes()));
@@ -536,7 +546,7 @@ impl HttpContext for RouterHttp {
                 Action::Continue
             }
             Outcome::Redirect { status, location } => {
-                host::set_header(Map::RequestHeaders, cluster_header, None);
+                clear_record(cluster_header);
                 let mut headers = vec![("location".to_string(), location)];
                 local_headers(&mut headers, &response_ops);
                 self.debug_headers(&mut headers, version);
@@ -548,14 +558,14 @@ impl HttpContext for RouterHttp {
                 body,
                 headers: mut h,
             } => {
-                host::set_header(Map::RequestHeaders, cluster_header, None);
+                clear_record(cluster_header);
                 local_headers(&mut h, &response_ops);
                 self.debug_headers(&mut h, version);
                 self.count(&table, "responded");
                 send_local(u32::from(status), &h, body.as_bytes())
             }
             Outcome::NotFound => {
-                host::set_header(Map::RequestHeaders, cluster_header, None);
+                clear_record(cluster_header);
                 self.plugin.metrics.inc("no_route");
                 let mut h = vec![("content-type".to_string(), "text/plain".to_string())];
                 self.debug_headers(&mut h, version);
@@ -609,6 +619,12 @@ impl HttpContext for RouterHttp {
         }
         Action::Continue
     }
+}
+
+/// Removes the routing record from a request the router answers itself.
+fn clear_record(cluster_header: &str) {
+    host::set_header(Map::RequestHeaders, cluster_header, None);
+    host::set_header(Map::RequestHeaders, ROUTE_HEADER, None);
 }
 
 /// Answers locally; `Pause` when the host took the reply, `Continue` when it refused.

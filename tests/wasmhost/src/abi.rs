@@ -301,6 +301,16 @@ pub(crate) fn property(vm: &Vm, path: &str) -> Option<Vec<u8>> {
         if let Some(v) = derived {
             return Some(v);
         }
+        if path == "response.code_details" {
+            // As Envoy: `via_upstream` for a response from the upstream, else the details the
+            // local reply was sent with.
+            if let Some(reply) = &stream.local_reply {
+                return Some(reply.details.clone().into_bytes());
+            }
+            if stream.upstream.is_some() && stream.response_headers.is_some() {
+                return Some(b"via_upstream".to_vec());
+            }
+        }
         if path == "response.code" {
             let code: Option<i64> = stream
                 .response_headers
