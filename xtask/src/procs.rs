@@ -56,30 +56,37 @@ impl Supervisor {
                 continue;
             }
             let pid = child.id();
-            if let Ok(pid) = libc::pid_t::try_from(pid) {
-                // SAFETY: plain kill(2) on our own child's PID, which is not yet reaped.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-            let deadline = Instant::now() + GRACE;
-            let exited = loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break true,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
-                    _ => break false,
-                }
-            };
-            if !exited {
-                eprintln!("xtask: {name} (pid {pid}) ignored SIGTERM; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
+            if !terminate(&mut child, GRACE) {
+                eprintln!("xtask: {name} (pid {pid}) ignored SIGTERM; killed it");
             }
             println!("stopped {name} (pid {pid})");
         }
     }
+}
+
+/// SIGTERM to `child`, then waits up to `grace`; SIGKILL after that. Returns whether it exited
+/// on SIGTERM.
+pub fn terminate(child: &mut Child, grace: Duration) -> bool {
+    if let Ok(Some(_)) = child.try_wait() {
+        return true;
+    }
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: plain kill(2) on our own child's PID, which is not yet reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 impl Drop for Supervisor {

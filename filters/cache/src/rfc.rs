@@ -177,7 +177,13 @@ impl ResponseFacts {
             date: get("date").and_then(|d| parse_http_date(&d)),
             expires: get("expires").map(|d| parse_http_date(&d)),
             last_modified: get("last-modified").and_then(|d| parse_http_date(&d)),
-            age: get("age").map(|a| delta_seconds(Some(a.trim()))),
+            // RFC 9111 §5.1: the first member of a list (or the first of repeated lines); an
+            // invalid value is ignored, not read as an age.
+            age: get("age").and_then(|a| {
+                let first = a.split(',').next().unwrap_or("").trim();
+                (!first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| delta_seconds(Some(first)))
+            }),
             has_set_cookie: get("set-cookie").is_some(),
             vary_star: all("vary")
                 .iter()
@@ -475,6 +481,15 @@ const MONTHS: [&str; 12] = [
     "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
 ];
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const LONG_DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -498,60 +513,79 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Parses an HTTP-date in any of the three RFC 9110 §5.6.7 formats; Unix seconds.
+/// Parses an HTTP-date in exactly one of the three RFC 9110 §5.6.7 formats; Unix seconds.
+/// Anything else (a missing comma, extra spaces, a one-digit hour, dashes in an IMF-fixdate,
+/// a year past 9999) is not a date: for `Expires` that means "already expired" (RFC 9111 §5.3).
 pub fn parse_http_date(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let month = |m: &str| {
-        MONTHS
-            .iter()
-            .position(|x| x.eq_ignore_ascii_case(m))
-            .map(|i| i as u32 + 1)
-    };
-    let hms = |t: &str| -> Option<(u32, u32, u32)> {
-        let mut it = t.split(':');
-        let h = it.next()?.parse().ok()?;
-        let m = it.next()?.parse().ok()?;
-        let s = it.next()?.parse().ok()?;
-        if it.next().is_some() || h > 23 || m > 59 || s > 60 {
+    let b = s.trim().as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let d = b.get(r)?;
+        if d.is_empty() || !d.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        Some((h, m, s))
+        std::str::from_utf8(d).ok()?.parse().ok()
     };
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let (y, mo, d, (h, mi, se)) = if parts.len() == 6 && parts[5] == "GMT" {
+    let text = |r: std::ops::Range<usize>| b.get(r).and_then(|t| std::str::from_utf8(t).ok());
+    let month = |r: std::ops::Range<usize>| -> Option<u32> {
+        let m = text(r)?;
+        let i = MONTHS.iter().position(|x| x.eq_ignore_ascii_case(m))?;
+        u32::try_from(i + 1).ok()
+    };
+    let lit = |at: usize, want: &[u8]| b.get(at..at + want.len()) == Some(want);
+    // HH:MM:SS at `at`, two digits each.
+    let hms = |at: usize| -> Option<(u32, u32, u32)> {
+        if !lit(at + 2, b":") || !lit(at + 5, b":") {
+            return None;
+        }
+        let (h, m, sec) = (num(at..at + 2)?, num(at + 3..at + 5)?, num(at + 6..at + 8)?);
+        (h <= 23 && m <= 59 && sec <= 60).then_some((h, m, sec))
+    };
+    let short_day = |r: std::ops::Range<usize>| text(r).is_some_and(|d| DAYS.contains(&d));
+    let (y, mo, d, (h, mi, se)) = if b.len() == 29 {
         // IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
-        (
-            parts[3].parse::<i64>().ok()?,
-            month(parts[2])?,
-            parts[1].parse::<u32>().ok()?,
-            hms(parts[4])?,
-        )
-    } else if parts.len() == 4 && parts[3] == "GMT" {
-        // RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
-        let mut dmy = parts[1].split('-');
-        let d = dmy.next()?.parse::<u32>().ok()?;
-        let mo = month(dmy.next()?)?;
-        let yy = dmy.next()?.parse::<i64>().ok()?;
-        let y = if yy < 100 {
-            if yy < 70 {
-                2000 + yy
-            } else {
-                1900 + yy
-            }
+        if !short_day(0..3)
+            || !lit(3, b", ")
+            || !lit(7, b" ")
+            || !lit(11, b" ")
+            || !lit(16, b" ")
+            || !lit(25, b" GMT")
+        {
+            return None;
+        }
+        (i64::from(num(12..16)?), month(8..11)?, num(5..7)?, hms(17)?)
+    } else if b.len() == 24 && lit(3, b" ") && lit(7, b" ") && lit(10, b" ") && lit(19, b" ") {
+        // asctime: Sun Nov  6 08:49:37 1994 (a one-digit day is padded with a space)
+        if !short_day(0..3) {
+            return None;
+        }
+        let day = if lit(8, b" ") {
+            num(9..10)?
         } else {
-            yy
+            num(8..10)?
         };
-        (y, mo, d, hms(parts[2])?)
-    } else if parts.len() == 5 {
-        // asctime: Sun Nov  6 08:49:37 1994
-        (
-            parts[4].parse::<i64>().ok()?,
-            month(parts[1])?,
-            parts[2].parse::<u32>().ok()?,
-            hms(parts[3])?,
-        )
+        (i64::from(num(20..24)?), month(4..7)?, day, hms(11)?)
     } else {
-        return None;
+        // RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
+        let comma = b.iter().position(|&c| c == b',')?;
+        let day_name = text(0..comma)?;
+        if !LONG_DAYS.contains(&day_name) {
+            return None;
+        }
+        let at = comma + 2;
+        if b.len() != at + 22
+            || !lit(comma, b", ")
+            || !lit(at + 2, b"-")
+            || !lit(at + 6, b"-")
+            || !lit(at + 9, b" ")
+            || !lit(at + 18, b" GMT")
+        {
+            return None;
+        }
+        let yy = i64::from(num(at + 7..at + 9)?);
+        // RFC 9110 §5.6.7: a two-digit year more than 50 years in the future is in the past
+        // century; 70 is the conventional pivot for Unix time.
+        let y = if yy < 70 { 2000 + yy } else { 1900 + yy };
+        (y, month(at + 3..at + 6)?, num(at..at + 2)?, hms(at + 10)?)
     };
     // Four-digit years only (RFC 9110 §5.6.7): a crafted year cannot overflow the arithmetic.
     if !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
@@ -1086,6 +1120,15 @@ mod tests {
     }
 
     #[test]
+    fn age_fields_follow_section_5_1() {
+        assert_eq!(resp(200, &[("age", "10, 20")]).age, Some(10));
+        assert_eq!(resp(200, &[("age", "30"), ("age", "99")]).age, Some(30));
+        assert_eq!(resp(200, &[("age", "10abc")]).age, None);
+        assert_eq!(resp(200, &[("age", "-5")]).age, None);
+        assert_eq!(resp(200, &[("age", " 7 ")]).age, Some(7));
+    }
+
+    #[test]
     fn http_dates_with_huge_years_are_invalid_not_overflows() {
         assert_eq!(
             parse_http_date("Sun, 06 Nov 9223372036854775807 08:49:37 GMT"),
@@ -1156,6 +1199,21 @@ mod tests {
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(want));
         assert_eq!(format_http_date(want), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(parse_http_date("yesterday"), None);
+        // RFC 9111 §5.3: anything that is not exactly one of the three formats is no date.
+        for bad in [
+            "Sun 06 Nov 1994 08:49:37 GMT",   // missing comma
+            "Sun,  06 Nov 1994 08:49:37 GMT", // extra space
+            "Sun, 06 Nov 1994  08:49:37 GMT",
+            "Sun, 06-Nov-1994 08:49:37 GMT", // dashes in an IMF-fixdate
+            "Sun, 06 Nov 1994 8:49:37 GMT",  // one-digit hour
+            "Sun, 6 Nov 1994 08:49:37 GMT",  // one-digit day
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sunday, 06-Nov-94 8:49:37 GMT",
+            "Sun Nov 6 08:49:37 1994",
+            "Xyz, 06 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
         assert_eq!(parse_http_date("0"), None);
         for t in [0u64, 951782400, T0, 4102444799] {
             assert_eq!(parse_http_date(&format_http_date(t)), Some(t));
