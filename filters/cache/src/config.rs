@@ -37,6 +37,8 @@ struct RawConfig {
     upstream_cluster: Option<String>,
     #[serde(default)]
     cluster_header: Option<String>,
+    #[serde(default = "default_targeted")]
+    targeted_cache_control: Vec<String>,
     #[serde(default)]
     host_header: Option<String>,
     #[serde(default = "default_upstream_timeout")]
@@ -72,6 +74,9 @@ struct RawPurge {
     path: Option<String>,
 }
 
+fn default_targeted() -> Vec<String> {
+    vec!["cdn-cache-control".into()]
+}
 fn default_max_bytes() -> u64 {
     64 << 20
 }
@@ -139,6 +144,9 @@ pub struct Config {
     pub upstream_cluster: Option<String>,
     /// The header carrying the host choice for Envoy's `override_host` (hashring's output).
     pub host_header: String,
+    /// Targeted cache-control fields this cache obeys instead of `Cache-Control` (RFC 9213),
+    /// lower-case, in preference order.
+    pub targeted_cache_control: Vec<String>,
     pub upstream_timeout: Duration,
     pub coalesce_timeout: Duration,
     pub tag_headers: Vec<String>,
@@ -322,6 +330,18 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         switchyard_core::routing::CLUSTER_HEADER,
     )?;
     let host_header = header_name("host_header", raw.host_header.clone(), "x-upstream-host")?;
+    let targeted_cache_control = raw
+        .targeted_cache_control
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            header_name(
+                &index_path("targeted_cache_control", i),
+                Some(h.to_ascii_lowercase()),
+                "",
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(c) = &raw.upstream_cluster {
         if c.is_empty() {
             return Err(ConfigError::new("upstream_cluster", "must not be empty"));
@@ -364,6 +384,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         store_set_cookie: raw.store_set_cookie,
         upstream_cluster: raw.upstream_cluster,
         host_header,
+        targeted_cache_control,
         upstream_timeout: raw.upstream_timeout,
         coalesce_timeout: raw.coalesce_timeout,
         tag_headers: raw

@@ -8,7 +8,7 @@ use crate::key::{
     without_routing, CacheKey,
 };
 use crate::locks::{Acquire, Locks};
-use crate::respond::{self, Outcome};
+use crate::respond::{self, Outcome, RangeReply};
 use crate::rfc::{
     authorization_allows, freshness_lifetime, not_modified, serve_decision, stale_if_error_allows,
     storable, AgeClock, Field, Policy, RequestFacts, ResponseFacts, Serve,
@@ -153,8 +153,23 @@ impl Runtime {
         }
     }
 
+    /// A response's facts as this cache reads them (honouring `targeted_cache_control`).
+    fn facts(&self, status: u16, headers: &[Field]) -> ResponseFacts {
+        ResponseFacts::targeted(status, headers, &self.cfg.targeted_cache_control)
+    }
+
+    /// [`facts`](Self::facts) with the receipt time standing in for a missing `Date` (RFC 9110
+    /// §6.6.1).
+    fn facts_with_date(&self, status: u16, headers: &[Field], now: u64) -> ResponseFacts {
+        let mut f = self.facts(status, headers);
+        if f.date.is_none() {
+            f.date = Some(now / 1_000_000_000);
+        }
+        f
+    }
+
     fn lifetime_and_age(&self, entry: &Entry, now: u64) -> (ResponseFacts, u64, u64) {
-        let facts = ResponseFacts::from_headers(entry.status, &entry.headers);
+        let facts = self.facts(entry.status, &entry.headers);
         let lifetime = freshness_lifetime(&facts, &self.policy);
         (facts, lifetime, entry.clock.current_age(now))
     }
@@ -177,8 +192,26 @@ impl Runtime {
             let h = respond::not_modified_headers(entry, age, &outcome, name);
             reply(304, &h, &[])
         } else {
-            let h = respond::served_headers(entry, age, &outcome, name);
-            reply(u32::from(entry.status), &h, &entry.body)
+            let mut h = respond::served_headers(entry, age, &outcome, name);
+            let len = entry.body.len();
+            match respond::range_reply(view.header("range"), view.header("if-range"), entry) {
+                RangeReply::Full => reply(u32::from(entry.status), &h, &entry.body),
+                RangeReply::Partial { start, end } => {
+                    let (s, e) = (start as usize, end as usize);
+                    let part = entry.body.get(s..=e).unwrap_or(&[]);
+                    let cr = format!("bytes {start}-{end}/{len}");
+                    h.push(("content-range".into(), cr.into_bytes()));
+                    reply(206, &h, part)
+                }
+                RangeReply::Unsatisfiable => {
+                    h.retain(|(k, _)| k != "content-type");
+                    h.push((
+                        "content-range".into(),
+                        format!("bytes */{len}").into_bytes(),
+                    ));
+                    reply(416, &h, &[])
+                }
+            }
         }
     }
 
@@ -192,7 +225,7 @@ impl Runtime {
         request_time: u64,
         now: u64,
     ) -> Entry {
-        let facts = ResponseFacts::from_headers(status, headers);
+        let facts = self.facts(status, headers);
         let vary_text: Vec<String> = headers
             .iter()
             .filter(|(k, _)| k == "vary")
@@ -237,15 +270,6 @@ fn status_of(headers: &[Field]) -> u16 {
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// Response facts with the receipt time standing in for a missing `Date` (RFC 9110 §6.6.1).
-fn facts_with_date(status: u16, headers: &[Field], now: u64) -> ResponseFacts {
-    let mut f = ResponseFacts::from_headers(status, headers);
-    if f.date.is_none() {
-        f.date = Some(now / 1_000_000_000);
-    }
-    f
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -356,15 +380,11 @@ impl Context for CacheRoot {
         if status == 304 {
             let mut fresh = bg.stale.clone();
             respond::merge_not_modified(&mut fresh.headers, &headers);
-            fresh.clock = AgeClock::new(
-                &ResponseFacts::from_headers(304, &headers),
-                bg.request_time,
-                now,
-            );
+            fresh.clock = AgeClock::new(&rt.facts(304, &headers), bg.request_time, now);
             rt.metrics.inc("revalidated");
             rt.insert(&fresh, &bg.key, now);
         } else if status < 500 {
-            let facts = facts_with_date(status, &headers, now);
+            let facts = rt.facts_with_date(status, &headers, now);
             if storable(
                 &RequestFacts::from_headers(bg.view.headers()),
                 &facts,
@@ -788,7 +808,7 @@ impl CacheHttp {
         from_upstream: bool,
     ) {
         let Some(req) = &self.req else { return };
-        let facts = facts_with_date(status, headers, now);
+        let facts = rt.facts_with_date(status, headers, now);
         let mut outcome = Outcome::Forward {
             fwd,
             status: (fwd == "stale").then_some(status),
@@ -976,11 +996,7 @@ impl HttpContext for CacheHttp {
                 if status == 304 && ours && from_upstream {
                     let mut fresh = *entry;
                     respond::merge_not_modified(&mut fresh.headers, &headers);
-                    fresh.clock = AgeClock::new(
-                        &ResponseFacts::from_headers(304, &headers),
-                        req.request_time,
-                        now,
-                    );
+                    fresh.clock = AgeClock::new(&rt.facts(304, &headers), req.request_time, now);
                     let stored = rt.insert(&fresh, &req.key, now);
                     rt.metrics.inc("revalidated");
                     let age = fresh.clock.current_age(now);

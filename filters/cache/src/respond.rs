@@ -38,8 +38,11 @@ const NOT_UPDATED_BY_304: &[&str] = &[
 ];
 
 /// The headers to store for a response: no pseudo-headers, no connection-specific fields, no
-/// `Set-Cookie` (never replayed to other users), and a `Date` if the origin sent none.
+/// `Set-Cookie` (never replayed to other users), none that the response's qualified
+/// `no-cache="…"` / `private="…"` name, and a `Date` if the origin sent none. Every other field,
+/// known or not (e.g. the obsolete `Set-Cookie2`), is stored and replayed as received.
 pub fn stored_headers(headers: &[Field], now_secs: u64) -> Vec<Field> {
+    let omit = omitted_fields(headers);
     let connection_listed: Vec<String> = headers
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
@@ -58,14 +61,24 @@ pub fn stored_headers(headers: &[Field], now_secs: u64) -> Vec<Field> {
                 && !NOT_STORED.contains(&k.as_str())
                 && !k.starts_with(NOT_STORED_PREFIX)
                 && k != "set-cookie"
-                && k != "set-cookie2"
                 && !connection_listed.contains(k)
+                && !omit.contains(k)
         })
         .collect();
     if !out.iter().any(|(k, _)| k == "date") {
         out.push(("date".into(), format_http_date(now_secs).into_bytes()));
     }
     out
+}
+
+/// Fields a response's qualified `no-cache` / `private` directives exclude from storage.
+fn omitted_fields(headers: &[Field]) -> Vec<String> {
+    let cc: Vec<std::borrow::Cow<'_, str>> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cache-control"))
+        .map(|(_, v)| text(v))
+        .collect();
+    crate::rfc::CacheControl::parse(cc.iter().map(|v| v.as_ref())).omit_fields
 }
 
 /// Freshens stored headers with a 304's (RFC 9111 §3.2): each field in the 304 replaces all
@@ -243,6 +256,94 @@ pub fn not_modified_headers(entry: &Entry, age: u64, outcome: &Outcome, name: &s
     h
 }
 
+/// What a request with `Range` gets from a complete stored response (RFC 9110 §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeReply {
+    /// The whole stored response (no range, a stale `If-Range`, several ranges or a range this
+    /// cache does not parse: RFC 9110 §14.2 lets a server ignore `Range`).
+    Full,
+    /// `206` with bytes `start..=end`.
+    Partial { start: u64, end: u64 },
+    /// `416`: the range starts past the end.
+    Unsatisfiable,
+}
+
+/// Decides how to answer `range` (with its `If-Range`) from a stored `entry`.
+pub fn range_reply(range: Option<&[u8]>, if_range: Option<&[u8]>, entry: &Entry) -> RangeReply {
+    let Some(range) = range else {
+        return RangeReply::Full;
+    };
+    if entry.status != 200 {
+        return RangeReply::Full;
+    }
+    if let Some(cond) = if_range {
+        let cond = crate::rfc::trim_ows(cond);
+        // An entity tag must match strongly; a date must equal Last-Modified.
+        let current = if cond.starts_with(b"\"") {
+            entry.header("etag").filter(|e| !e.starts_with(b"W/"))
+        } else {
+            entry.header("last-modified")
+        };
+        if current.map(crate::rfc::trim_ows) != Some(cond) {
+            return RangeReply::Full;
+        }
+    }
+    let len = entry.body.len() as u64;
+    let Some(spec) = std::str::from_utf8(range)
+        .ok()
+        .map(str::trim)
+        .and_then(|r| {
+            r.get(..6)
+                .filter(|u| u.eq_ignore_ascii_case("bytes="))
+                .map(|_| &r[6..])
+        })
+    else {
+        return RangeReply::Full;
+    };
+    if spec.contains(',') {
+        return RangeReply::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReply::Full;
+    };
+    let num = |v: &str| -> Option<u64> {
+        (!v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| v.parse().ok())
+            .flatten()
+    };
+    match (a.trim(), b.trim()) {
+        ("", n) => match num(n) {
+            None => RangeReply::Full,
+            Some(0) => RangeReply::Unsatisfiable,
+            Some(_) if len == 0 => RangeReply::Unsatisfiable,
+            Some(n) => RangeReply::Partial {
+                start: len.saturating_sub(n),
+                end: len - 1,
+            },
+        },
+        (a, b) => match (
+            num(a),
+            if b.is_empty() {
+                Some(None)
+            } else {
+                num(b).map(Some)
+            },
+        ) {
+            (Some(start), Some(end)) if end.is_none_or(|e| e >= start) => {
+                if start >= len {
+                    RangeReply::Unsatisfiable
+                } else {
+                    RangeReply::Partial {
+                        start,
+                        end: end.map_or(len - 1, |e| e.min(len - 1)),
+                    }
+                }
+            }
+            _ => RangeReply::Full,
+        },
+    }
+}
+
 /// Purge tags from the configured tag headers (comma or space separated).
 pub fn tags(headers: &[Field], tag_headers: &[String]) -> Vec<String> {
     let mut out: Vec<String> = headers
@@ -314,6 +415,26 @@ mod tests {
         assert_eq!(
             s,
             hv(&[("etag", "\"a\""), ("date", "Sun, 06 Nov 1994 08:49:37 GMT")])
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_and_qualified_directives_drop_their_fields() {
+        let h = hv(&[
+            (
+                "cache-control",
+                "max-age=60, no-cache=\"x-token\", private=\"X-User\"",
+            ),
+            ("set-cookie2", "legacy=1"),
+            ("x-token", "secret"),
+            ("x-user", "alice"),
+            ("x-unknown", "caf\u{e9}"),
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        let names: Vec<String> = stored_headers(&h, 0).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            names,
+            vec!["cache-control", "set-cookie2", "x-unknown", "date"]
         );
     }
 
@@ -461,6 +582,62 @@ mod tests {
         // The stored validator, not the client's; the serving host, not a client's choice.
         assert_eq!(get("if-none-match"), vec![&b"\"v1\""[..]]);
         assert_eq!(get("x-upstream-host"), vec![&b"10.0.0.2:8080"[..]]);
+    }
+
+    #[test]
+    fn ranges_are_served_from_complete_entries() {
+        let e = Entry {
+            status: 200,
+            headers: hv(&[
+                ("etag", "\"v1\""),
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ]),
+            body: b"0123456789".to_vec(),
+            ..Default::default()
+        };
+        let r = |range: &str, if_range: Option<&str>| {
+            range_reply(Some(range.as_bytes()), if_range.map(str::as_bytes), &e)
+        };
+        use RangeReply::*;
+        assert_eq!(range_reply(None, None, &e), Full);
+        assert_eq!(r("bytes=0-3", None), Partial { start: 0, end: 3 });
+        assert_eq!(r("bytes=5-", None), Partial { start: 5, end: 9 });
+        assert_eq!(r("bytes=-3", None), Partial { start: 7, end: 9 });
+        assert_eq!(r("bytes=8-100", None), Partial { start: 8, end: 9 });
+        assert_eq!(r("BYTES=-100", None), Partial { start: 0, end: 9 });
+        assert_eq!(r("bytes=10-", None), Unsatisfiable);
+        assert_eq!(r("bytes=-0", None), Unsatisfiable);
+        // Ignored (whole response): several ranges, other units, nonsense, reversed ranges.
+        for ignored in [
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=x-y",
+            "bytes=5-2",
+            "bytes=",
+        ] {
+            assert_eq!(r(ignored, None), Full, "{ignored}");
+        }
+        // If-Range: a strong ETag or the exact Last-Modified keeps the range, else the whole.
+        assert_eq!(r("bytes=0-1", Some("\"v1\"")), Partial { start: 0, end: 1 });
+        assert_eq!(r("bytes=0-1", Some("\"v0\"")), Full);
+        assert_eq!(
+            r("bytes=0-1", Some("Sun, 06 Nov 1994 08:49:37 GMT")),
+            Partial { start: 0, end: 1 }
+        );
+        assert_eq!(r("bytes=0-1", Some("Mon, 07 Nov 1994 08:49:37 GMT")), Full);
+        let weak = Entry {
+            headers: hv(&[("etag", "W/\"v1\"")]),
+            ..e.clone()
+        };
+        assert_eq!(
+            range_reply(Some(b"bytes=0-1"), Some(b"W/\"v1\""), &weak),
+            Full
+        );
+        let not_ok = Entry {
+            status: 404,
+            ..e.clone()
+        };
+        assert_eq!(range_reply(Some(b"bytes=0-1"), None, &not_ok), Full);
     }
 
     #[test]

@@ -26,11 +26,16 @@ pub fn trim_ows(b: &[u8]) -> &[u8] {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheControl {
     pub no_store: bool,
-    /// `no-cache`, qualified or not: a qualified `no-cache="field"` is treated like the
-    /// unqualified form (always revalidate), which is the conservative reading.
+    /// Unqualified `no-cache`: store, but always revalidate.
     pub no_cache: bool,
-    /// `private`, qualified or not (a shared cache never stores either form).
+    /// Unqualified `private`: a shared cache never stores the response.
     pub private: bool,
+    /// Fields named by the qualified forms `no-cache="a, b"` and `private="a, b"` (lower-case):
+    /// the response is stored without them (RFC 9111 §5.2.2.4, §5.2.2.7).
+    pub omit_fields: Vec<String>,
+    /// `must-understand` (§5.2.2.3): stored only by a cache that implements the status code's
+    /// rules, which then ignores `no-store`.
+    pub must_understand: bool,
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
@@ -98,8 +103,17 @@ impl CacheControl {
                 };
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
+                    "no-cache" | "private" => match arg {
+                        Some(fields) if !fields.is_empty() => cc.omit_fields.extend(
+                            fields
+                                .split(',')
+                                .map(|f| f.trim().to_ascii_lowercase())
+                                .filter(|f| !f.is_empty()),
+                        ),
+                        _ if name.eq_ignore_ascii_case("no-cache") => cc.no_cache = true,
+                        _ => cc.private = true,
+                    },
+                    "must-understand" => cc.must_understand = true,
                     "public" => cc.public = true,
                     "must-revalidate" => cc.must_revalidate = true,
                     "proxy-revalidate" => cc.proxy_revalidate = true,
@@ -123,6 +137,12 @@ impl CacheControl {
         }
         cc
     }
+}
+
+/// Status codes whose caching rules this cache implements (for `must-understand`): the
+/// heuristically cacheable ones and the redirects it stores with explicit freshness.
+pub fn understood(status: u16) -> bool {
+    heuristically_cacheable(status) || matches!(status, 302 | 307)
 }
 
 /// Status codes a cache may store with heuristic freshness (RFC 9110 §15.1), minus 206: this
@@ -155,6 +175,13 @@ pub struct ResponseFacts {
 impl ResponseFacts {
     /// Reads the facts from a response's headers (lower-case names).
     pub fn from_headers(status: u16, headers: &[Field]) -> Self {
+        Self::targeted(status, headers, &[])
+    }
+
+    /// [`from_headers`](Self::from_headers) for a cache that honours the targeted fields
+    /// `targeted` (lower-case, in preference order; RFC 9213): the first one present with a
+    /// non-empty value replaces `Cache-Control`, and `Expires` is ignored.
+    pub fn targeted(status: u16, headers: &[Field], targeted: &[String]) -> Self {
         // Field values are bytes; the fields read here are ASCII grammars, so a value with
         // other bytes simply fails to parse (e.g. an obs-text `Date` is no date).
         let get = |name: &str| {
@@ -170,12 +197,29 @@ impl ResponseFacts {
                 .map(|(_, v)| text(v))
                 .collect()
         };
-        let cc = all("cache-control");
+        let target = targeted.iter().find_map(|name| {
+            let values: Vec<Cow<'_, str>> = headers
+                .iter()
+                .filter(|(k, v)| k.eq_ignore_ascii_case(name) && !text(v).trim().is_empty())
+                .map(|(_, v)| text(v))
+                .collect();
+            (!values.is_empty()).then_some(values)
+        });
+        let (cc, expires) = match target {
+            Some(values) => (CacheControl::parse(values.iter().map(|v| v.as_ref())), None),
+            None => {
+                let cc = all("cache-control");
+                (
+                    CacheControl::parse(cc.iter().map(|v| v.as_ref())),
+                    get("expires").map(|d| parse_http_date(&d)),
+                )
+            }
+        };
         ResponseFacts {
             status,
-            cc: CacheControl::parse(cc.iter().map(|v| v.as_ref())),
+            cc,
             date: get("date").and_then(|d| parse_http_date(&d)),
-            expires: get("expires").map(|d| parse_http_date(&d)),
+            expires,
             last_modified: get("last-modified").and_then(|d| parse_http_date(&d)),
             // RFC 9111 §5.1: the first member of a list (or the first of repeated lines); an
             // invalid value is ignored, not read as an age.
@@ -290,7 +334,11 @@ pub fn storable(
     if !(200..600).contains(&resp.status) || resp.status == 304 {
         return Err(NotStored::Status);
     }
-    if req.cc.no_store || resp.cc.no_store {
+    if resp.cc.must_understand && !understood(resp.status) {
+        return Err(NotStored::Status);
+    }
+    // `must-understand` lets a cache that implements the status code ignore `no-store`.
+    if req.cc.no_store || (resp.cc.no_store && !resp.cc.must_understand) {
         return Err(NotStored::NoStore);
     }
     if resp.cc.private {
@@ -645,7 +693,9 @@ mod tests {
             "Public, MAX-AGE=60, no-cache=\"set-cookie, x-a\"",
             "s-maxage=\"30\", stale-while-revalidate=5, max-age=10",
         ]);
-        assert!(cc.public && cc.no_cache && !cc.private);
+        // The qualified form names fields to omit; it is not the unqualified no-cache.
+        assert!(cc.public && !cc.no_cache && !cc.private);
+        assert_eq!(cc.omit_fields, vec!["set-cookie", "x-a"]);
         assert_eq!(cc.max_age, Some(10), "duplicates take the smallest");
         assert_eq!(cc.s_maxage, Some(30));
         assert_eq!(cc.stale_while_revalidate, Some(5));
@@ -799,7 +849,7 @@ mod tests {
                 200,
                 vec![],
                 vec![("cache-control", "private=\"x-user\", max-age=60")],
-                Err(NotStored::Private),
+                Ok(60),
             ),
             (
                 "no-cache stored, lifetime 0",
@@ -1117,6 +1167,99 @@ mod tests {
             1,
             30
         ));
+    }
+
+    #[test]
+    fn qualified_no_cache_and_private_store_without_the_named_fields() {
+        let r = resp(
+            200,
+            &[(
+                "cache-control",
+                "max-age=60, no-cache=\"Set-Cookie, x-token\"",
+            )],
+        );
+        assert!(!r.cc.no_cache);
+        assert_eq!(r.cc.omit_fields, vec!["set-cookie", "x-token"]);
+        let r = resp(200, &[("cache-control", "max-age=60, private=\"x-user\"")]);
+        assert!(!r.cc.private);
+        assert_eq!(r.cc.omit_fields, vec!["x-user"]);
+        assert_eq!(storable(&req(&[]), &r, &POLICY), Ok(()));
+        let r = resp(200, &[("cache-control", "max-age=60, private")]);
+        assert!(r.cc.private);
+        assert_eq!(storable(&req(&[]), &r, &POLICY), Err(NotStored::Private));
+    }
+
+    #[test]
+    fn must_understand_overrides_no_store_for_understood_statuses() {
+        let cc = "max-age=60, no-store, must-understand";
+        assert_eq!(
+            storable(&req(&[]), &resp(200, &[("cache-control", cc)]), &POLICY),
+            Ok(())
+        );
+        assert_eq!(
+            storable(&req(&[]), &resp(299, &[("cache-control", cc)]), &POLICY),
+            Err(NotStored::Status)
+        );
+        // The request's no-store still wins.
+        assert_eq!(
+            storable(
+                &req(&[("cache-control", "no-store")]),
+                &resp(200, &[("cache-control", cc)]),
+                &POLICY
+            ),
+            Err(NotStored::NoStore)
+        );
+    }
+
+    #[test]
+    fn a_targeted_field_overrides_cache_control_and_expires() {
+        let t = vec!["cdn-cache-control".to_string()];
+        let h = |pairs: &[(&str, &str)]| -> Vec<Field> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        // Fresh for this cache although Cache-Control forbids storing.
+        let f = ResponseFacts::targeted(
+            200,
+            &h(&[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=600"),
+            ]),
+            &t,
+        );
+        assert!(!f.cc.no_store);
+        assert_eq!(f.cc.max_age, Some(600));
+        // `private` / `no-store` in the targeted field win over a permissive Cache-Control.
+        for v in ["private", "no-store", "no-cache"] {
+            let f = ResponseFacts::targeted(
+                200,
+                &h(&[
+                    ("cache-control", "public, max-age=600"),
+                    ("cdn-cache-control", v),
+                ]),
+                &t,
+            );
+            assert_ne!(
+                storable(&req(&[]), &f, &POLICY).map(|_| freshness_lifetime(&f, &POLICY)),
+                Ok(600),
+                "{v}"
+            );
+        }
+        // Expires is ignored when a targeted field applies; an empty targeted field does not apply.
+        let f = ResponseFacts::targeted(
+            200,
+            &h(&[("expires", "0"), ("cdn-cache-control", "max-age=5")]),
+            &t,
+        );
+        assert_eq!(f.expires, None);
+        let f = ResponseFacts::targeted(
+            200,
+            &h(&[("cache-control", "max-age=9"), ("cdn-cache-control", " ")]),
+            &t,
+        );
+        assert_eq!(f.cc.max_age, Some(9));
     }
 
     #[test]
