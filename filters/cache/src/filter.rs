@@ -809,6 +809,20 @@ impl CacheHttp {
     ) {
         let Some(req) = &self.req else { return };
         let facts = rt.facts_with_date(status, headers, now);
+        if req.head && from_upstream && status == 200 {
+            // RFC 9111 §4.3.5: a HEAD answer updates the stored GET response it describes, and
+            // invalidates it otherwise.
+            if let Some(Hit { mut entry, .. }) = rt.find(&req.key, &req.view) {
+                if respond::head_describes(&entry, headers) {
+                    respond::merge_not_modified(&mut entry.headers, headers);
+                    entry.clock = AgeClock::new(&facts, req.request_time, now);
+                    rt.insert(&entry, &req.key, now);
+                } else {
+                    rt.store().remove_primary(req.key.hash);
+                    rt.metrics.inc("invalidations");
+                }
+            }
+        }
         let mut outcome = Outcome::Forward {
             fwd,
             status: (fwd == "stale").then_some(status),

@@ -256,6 +256,32 @@ pub fn not_modified_headers(entry: &Entry, age: u64, outcome: &Outcome, name: &s
     h
 }
 
+/// Whether a `200` answer to a forwarded HEAD describes the stored GET response (RFC 9111
+/// §4.3.5, selecting as §4.3.4 does): the same strong `ETag`, or without entity tags the same
+/// `Last-Modified`, or no validators on either side; and the same `Content-Length` where both
+/// have one. Then its fields freshen the stored response; otherwise the stored response is
+/// invalidated.
+pub fn head_describes(stored: &Entry, head: &[Field]) -> bool {
+    let get = |name: &str| {
+        head.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| crate::rfc::trim_ows(v))
+    };
+    let stored_get = |name: &str| stored.header(name).map(crate::rfc::trim_ows);
+    let validators_match = match (stored_get("etag"), get("etag")) {
+        (Some(a), Some(b)) => a == b && !a.starts_with(b"W/"),
+        (None, None) => match (stored_get("last-modified"), get("last-modified")) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => true,
+            _ => false,
+        },
+        _ => false,
+    };
+    let stored_len = stored.body.len().to_string();
+    let length_matches = get("content-length").is_none_or(|l| l == stored_len.as_bytes());
+    validators_match && length_matches
+}
+
 /// What a request with `Range` gets from a complete stored response (RFC 9110 §14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeReply {
@@ -582,6 +608,43 @@ mod tests {
         // The stored validator, not the client's; the serving host, not a client's choice.
         assert_eq!(get("if-none-match"), vec![&b"\"v1\""[..]]);
         assert_eq!(get("x-upstream-host"), vec![&b"10.0.0.2:8080"[..]]);
+    }
+
+    #[test]
+    fn a_head_response_freshens_only_the_response_it_describes() {
+        let stored = Entry {
+            status: 200,
+            headers: hv(&[("etag", "\"v1\"")]),
+            body: b"hello".to_vec(),
+            ..Default::default()
+        };
+        assert!(head_describes(
+            &stored,
+            &hv(&[("etag", "\"v1\""), ("content-length", "5")])
+        ));
+        assert!(!head_describes(&stored, &hv(&[("etag", "\"v2\"")])));
+        assert!(!head_describes(
+            &stored,
+            &hv(&[("etag", "\"v1\""), ("content-length", "6")])
+        ));
+        assert!(!head_describes(&stored, &hv(&[])));
+        let plain = Entry {
+            headers: vec![],
+            ..stored.clone()
+        };
+        assert!(head_describes(&plain, &hv(&[("content-length", "5")])));
+        let dated = Entry {
+            headers: hv(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]),
+            ..stored.clone()
+        };
+        assert!(head_describes(
+            &dated,
+            &hv(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")])
+        ));
+        assert!(!head_describes(
+            &dated,
+            &hv(&[("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")])
+        ));
     }
 
     #[test]

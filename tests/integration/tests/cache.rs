@@ -644,3 +644,57 @@ fn concurrent_slow_large_misses_stay_within_the_collect_budget() {
     assert!(stores <= 3, "stored: {stores}");
     assert_eq!(exceeded + stores, 8);
 }
+
+/// RFC 9111 §4.3.5: a `200` to a forwarded HEAD freshens the stored GET response it describes
+/// (same validators and length), and a HEAD that describes another representation invalidates
+/// it.
+#[test]
+fn a_head_response_updates_or_invalidates_the_stored_get() {
+    let up = Upstream::start("u1").unwrap();
+    let envoy = Envoy::builder()
+        .concurrency(1)
+        .wasm_filter("cache", json!({}))
+        .cluster("web", [up.addr()])
+        .start();
+    let get = |extra: &[(&str, &str)]| {
+        let mut r = envoy.get("/head-update?size=5");
+        for (k, v) in extra {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    // No validators: the HEAD below is forwarded unconditionally and answered 200.
+    let first = get(&[("x-echo-header", "Cache-Control:max-age=1")]);
+    assert_eq!(x_cache(&first), "MISS");
+    std::thread::sleep(Duration::from_millis(1100));
+    // Stale now: the HEAD goes upstream and gets a 200 describing the same representation
+    // (no validators, the same length) with new freshness, which freshens the stored GET.
+    let head = envoy
+        .request("HEAD", "/head-update?size=5")
+        .header("x-echo-header", "Cache-Control:max-age=600")
+        .header("cache-control", "no-cache")
+        .send();
+    assert_eq!(head.status, 200);
+    let hit = get(&[]);
+    assert_eq!(x_cache(&hit), "HIT", "{:?}", hit.headers);
+    assert_eq!(hit.body.len(), 5);
+    let ttl: i64 = hit
+        .header("cache-status")
+        .and_then(|c| c.split("ttl=").nth(1))
+        .and_then(|t| t.split(';').next())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        ttl > 500,
+        "freshened to max-age=600: {:?}",
+        hit.header("cache-status")
+    );
+    // A HEAD describing another representation (new ETag) invalidates the stored GET.
+    envoy
+        .request("HEAD", "/head-update?size=5")
+        .header("x-echo-etag", "v2")
+        .header("cache-control", "no-cache")
+        .send();
+    let after = get(&[("x-echo-header", "Cache-Control:max-age=600")]);
+    assert_ne!(x_cache(&after), "HIT");
+}
