@@ -93,6 +93,7 @@ mod envoy;
 mod http;
 mod paths;
 mod util;
+pub mod yaml;
 
 pub use config::{Cluster, WasmFilter};
 pub use docker::Backend;

@@ -19,60 +19,12 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use switchyard_harness::yaml::{OVERRIDE_HOST_CLUSTER, RETRIES, ROUTE_BY_CLUSTER_HEADER};
 use switchyard_harness::{eventually, wait_until, Cluster, Envoy, EnvoyBuilder, Response};
 use switchyard_upstream::Upstream;
 
 /// A bound on waiting for asynchronous effects (stats, background refreshes).
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Forwards by the router's routing record.
-const CLUSTER_ROUTE: &str = r#"
-match:
-  prefix: "/"
-  headers:
-  - name: x-switchyard-cluster
-    present_match: true
-route:
-  cluster_header: x-switchyard-cluster
-"#;
-
-/// The cluster half of the override-host setup (as `envoy/hashring.yaml`).
-const OVERRIDE_HOST: &str = r#"
-load_balancing_policy:
-  policies:
-  - typed_extension_config:
-      name: envoy.load_balancing_policies.override_host
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
-        override_host_sources:
-        - header: x-upstream-host
-        fallback_policy:
-          policies:
-          - typed_extension_config:
-              name: envoy.load_balancing_policies.round_robin
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: { http_protocol_options: {} }
-    http_filters:
-    - name: envoy.filters.http.header_mutation
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-        mutations:
-          request_mutations:
-          - remove: x-upstream-host
-    - name: envoy.filters.http.upstream_codec
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
-"#;
-
-const RETRIES: &str = r#"
-retry_policy:
-  retry_on: connect-failure,reset,5xx
-  num_retries: 2
-"#;
 
 /// A rate limit nobody reaches, for tests about the other filters.
 fn generous_ratelimit() -> Value {
@@ -105,7 +57,7 @@ fn chain(ratelimit: Value, router: Value, cache: Value, hashring: Value) -> Envo
 }
 
 fn web_cluster(hosts: &[&Upstream]) -> Cluster {
-    Cluster::new("web", hosts.iter().map(|u| u.addr())).extra(OVERRIDE_HOST)
+    Cluster::new("web", hosts.iter().map(|u| u.addr())).extra(OVERRIDE_HOST_CLUSTER)
 }
 
 fn start_upstreams(ids: &[&str]) -> Vec<Upstream> {
@@ -190,7 +142,7 @@ fn api_traffic_on_shared_hosts_never_ejects_or_skips_web_hosts() {
     let envoy = chain(generous_ratelimit(), router, cache_config(), hashring)
         .cluster_with(web_cluster(&web))
         .cluster("api-v1", [ups[0].addr(), ups[1].addr()])
-        .route(CLUSTER_ROUTE)
+        .route(ROUTE_BY_CLUSTER_HEADER)
         .route_to("web")
         .virtual_host_extra(RETRIES)
         .start();
@@ -295,7 +247,7 @@ fn api_successes_on_shared_hosts_are_not_failures_of_other_web_hosts() {
     )
     .cluster_with(web_cluster(&web))
     .cluster("api-v1", [ups[0].addr(), ups[1].addr()])
-    .route(CLUSTER_ROUTE)
+    .route(ROUTE_BY_CLUSTER_HEADER)
     .route_to("web")
     .virtual_host_extra(RETRIES)
     .start();
@@ -352,7 +304,7 @@ fn canary_responses_are_never_served_to_other_users_and_local_replies_are_not_st
             direct_response: { status: 200, body: { inline_string: "static" } }
             "#,
         )
-        .route(CLUSTER_ROUTE)
+        .route(ROUTE_BY_CLUSTER_HEADER)
         .no_default_route()
         .start();
 
@@ -435,7 +387,7 @@ fn stale_while_revalidate_refresh_follows_the_routing_without_credentials() {
     let envoy = chain(generous_ratelimit(), router, cache, hashring_config(&web))
         .cluster_with(web_cluster(&web))
         .cluster("fallback", [fallback.addr()])
-        .route(CLUSTER_ROUTE)
+        .route(ROUTE_BY_CLUSTER_HEADER)
         .route_to("web")
         .start();
 
@@ -532,7 +484,7 @@ fn a_failing_host_behind_stale_if_error_is_still_ejected() {
         hashring_config(&web),
     )
     .cluster_with(web_cluster(&web))
-    .route(CLUSTER_ROUTE)
+    .route(ROUTE_BY_CLUSTER_HEADER)
     .route_to("web")
     .start();
 
@@ -614,7 +566,7 @@ fn local_replies_to_unsafe_requests_never_invalidate() {
             direct_response: { status: 200, body: { inline_string: "direct" } }
             "#,
         )
-        .route(CLUSTER_ROUTE)
+        .route(ROUTE_BY_CLUSTER_HEADER)
         .route_to("web")
         .start();
 

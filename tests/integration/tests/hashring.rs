@@ -11,47 +11,10 @@
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use switchyard_harness::yaml::{OVERRIDE_HOST_CLUSTER, RETRIES};
 use switchyard_harness::{parallel, wait_until, Cluster, Envoy, Response};
 use switchyard_hashring::config::Config;
 use switchyard_upstream::Upstream;
-
-/// The cluster half of the override-host setup (see `envoy/hashring.yaml`).
-const OVERRIDE_HOST: &str = r#"
-load_balancing_policy:
-  policies:
-  - typed_extension_config:
-      name: envoy.load_balancing_policies.override_host
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
-        override_host_sources:
-        - header: x-upstream-host
-        fallback_policy:
-          policies:
-          - typed_extension_config:
-              name: envoy.load_balancing_policies.round_robin
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: { http_protocol_options: {} }
-    http_filters:
-    - name: envoy.filters.http.header_mutation
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-        mutations:
-          request_mutations:
-          - remove: x-upstream-host
-    - name: envoy.filters.http.upstream_codec
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
-"#;
-
-const RETRIES: &str = r#"
-retry_policy:
-  retry_on: connect-failure,reset,5xx
-  num_retries: 2
-"#;
 
 fn upstreams() -> Vec<Upstream> {
     ["u1", "u2", "u3"]
@@ -82,7 +45,9 @@ fn issue_config(ups: &[Upstream]) -> Value {
 fn start(ups: &[Upstream], config: &Value) -> Envoy {
     Envoy::builder()
         .wasm_filter("hashring", config.clone())
-        .cluster_with(Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST))
+        .cluster_with(
+            Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST_CLUSTER),
+        )
         .virtual_host_extra(RETRIES)
         .start()
 }
@@ -514,7 +479,9 @@ fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
     ups[0].store_put("hosts.json", "application/json", three.clone());
     let envoy = Envoy::builder()
         .wasm_filter("hashring", config.clone())
-        .cluster_with(Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST))
+        .cluster_with(
+            Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST_CLUSTER),
+        )
         .cluster("hosts-config", [ups[0].addr()])
         .route_to("web")
         .arg("--file-flush-interval-msec")

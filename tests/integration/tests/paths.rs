@@ -7,18 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::json;
+use switchyard_harness::yaml::ROUTE_BY_CLUSTER_HEADER;
 use switchyard_harness::{Envoy, WasmFilter};
 use switchyard_upstream::Upstream;
-
-const CLUSTER_ROUTE: &str = r#"
-match:
-  prefix: "/"
-  headers:
-  - name: x-switchyard-cluster
-    present_match: true
-route:
-  cluster_header: x-switchyard-cluster
-"#;
 
 #[test]
 fn dot_segments_and_doubled_slashes_reach_the_api_route() {
@@ -34,7 +25,7 @@ fn dot_segments_and_doubled_slashes_reach_the_api_route() {
         .wasm(router)
         .cluster("web", [web.addr()])
         .cluster("api", [api.addr()])
-        .route(CLUSTER_ROUTE)
+        .route(ROUTE_BY_CLUSTER_HEADER)
         .route_to("web")
         .start();
     for path in ["/api/x", "//api/x", "/x/../api/x", "/./api//x", "/%61pi/x"] {

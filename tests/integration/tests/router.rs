@@ -13,21 +13,12 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
+use switchyard_harness::yaml::ROUTE_BY_CLUSTER_HEADER;
 use switchyard_harness::{eventually, wait_until, workspace_root, Envoy, EnvoyBuilder, Response};
 use switchyard_upstream::Upstream;
 
 /// A bound on waiting for asynchronous effects (reloads, mirrors), not a speed assertion.
 const WAIT: Duration = Duration::from_secs(60);
-
-const CLUSTER_ROUTE: &str = r#"
-match:
-  prefix: "/"
-  headers:
-  - name: x-switchyard-cluster
-    present_match: true
-route:
-  cluster_header: x-switchyard-cluster
-"#;
 
 /// One upstream per role, so a response's `x-upstream-id` says which cluster served it.
 struct Upstreams {
@@ -61,7 +52,7 @@ impl Upstreams {
             .cluster("search", [self.web.addr()])
             .cluster("search-next", [self.shadow.addr()])
             .cluster("routes-config", [self.cfg.addr()])
-            .route(CLUSTER_ROUTE)
+            .route(ROUTE_BY_CLUSTER_HEADER)
             .route_to("web")
     }
 }
