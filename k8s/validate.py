@@ -48,7 +48,9 @@ except ImportError as missing:  # pragma: no cover - environment problem, not a 
 # libyaml's loader when PyYAML was built with it: Istio's CRD file takes seconds in pure Python.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-FILTERS = ("ratelimit", "cache", "router", "hashring")
+# The required chain order (README.md "Filters in a chain"): the router writes the routing record
+# the cache keys on; the hashring picks a host inside the routed cluster.
+FILTERS = ("ratelimit", "router", "cache", "hashring")
 DEFAULT_KUBE_VERSION = "1.35"
 # oci://<registry>/switchyard/<filter>:<tag> (Istio) and <registry>/switchyard/<filter>:<tag>
 # (image volumes); the registry may carry a port and path.
@@ -229,13 +231,13 @@ def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 def cluster_refs(config: Any) -> Iterator[tuple[str, str]]:
     """Every upstream cluster a filter configuration names: `cluster` fields (routes, weighted
-    splits, mirrors, reload), `*_cluster` fields (the cache's revalidation callouts) and the
-    router's `known_clusters`."""
+    splits, mirrors, reload), `*_cluster` fields (the cache's revalidation callouts), the
+    router's `known_clusters` and the hashring's `clusters`."""
     for path, value in walk(config):
         last = path.split(".")[-1]
         if not isinstance(value, str):
             continue
-        if last == "cluster" or last.endswith("_cluster") or re.fullmatch(r"known_clusters\[\d+\]", last):
+        if last == "cluster" or last.endswith("_cluster") or re.fullmatch(r"(known_)?clusters\[\d+\]", last):
             yield path, value
 
 
@@ -490,8 +492,8 @@ PHASE_RANK = {"AUTHN": 0, "AUTHZ": 1, "STATS": 2, "UNSPECIFIED_PHASE": 3}
 
 
 def check_istio_order(plugins: list[dict], overlay: str, report: Report) -> None:
-    """The filters must run ratelimit -> cache -> router -> hashring: earlier phase first, and
-    within a phase the higher priority first."""
+    """The filters must run in FILTERS order (ratelimit -> router -> cache -> hashring): earlier
+    phase first, and within a phase the higher priority first."""
 
     def position(wp: dict) -> tuple[int, int]:
         spec = wp["spec"]

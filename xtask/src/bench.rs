@@ -686,7 +686,7 @@ fn memory(env: &Env, opts: &Options) -> Result<()> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. All four filters chained (ratelimit, cache, router, hashring), {} connections \
+        "Machine: {}. All four filters chained (ratelimit, router, cache, hashring), {} connections \
          from the built-in load generator, every request a new `x-user-id` and a new cacheable path. {}.\n",
         machine(),
         opts.connections,

@@ -7,9 +7,11 @@ use std::process::Command;
 
 pub const WASM_TARGET: &str = "wasm32-wasip1";
 
-/// Filters in demo chain order: rate limit first to reject cheaply, cache before routing so hits
-/// skip everything, host selection last (after the cluster is chosen).
-pub const FILTERS: [&str; 4] = ["ratelimit", "cache", "router", "hashring"];
+/// Filters in chain order (README "Filters in a chain"): rate limit first to reject cheaply (a
+/// cache hit never bypasses a limit), then the router, which writes the routing record, then the
+/// cache, which keys on that record (a response routed to one cluster is never served to a
+/// request routed to another), host selection last (inside the routed cluster).
+pub const FILTERS: [&str; 4] = ["ratelimit", "router", "cache", "hashring"];
 
 /// Test fixture filter, built like the others (→ `dist/probe.wasm`).
 pub const PROBE: &str = "probe";

@@ -1024,8 +1024,9 @@ fn hashring_survives_obs_text_headers_and_keys_stay_stable() {
 // ---------------------------------------------------------------------------------------------
 // the whole chain
 
-/// ratelimit -> cache -> router -> hashring -> Envoy router: the order the README's *Filter
-/// order* section requires and `cargo xtask demo` builds, with clusters as in the demo topology.
+/// ratelimit -> router -> cache -> hashring -> Envoy router: the order the README's *Filters in
+/// a chain* section requires and `cargo xtask demo` builds, with clusters as in the demo topology
+/// and the hashring acting only on `web` (its `clusters`), as in the demo.
 /// The harness's (and every shipped configuration's) `failure_policy: FAIL_RELOAD`.
 #[test]
 fn full_chain_survives_obs_text_headers() {
@@ -1058,7 +1059,6 @@ fn full_chain(policy: Option<&str>) {
                  "key": [{"client_ip": {"trusted_hops": 2}}], "limits": [{"requests": 1000, "per": "30d"}]}
             ]}),
         ))
-        .wasm(filter("cache", cache_config()))
         .wasm(filter(
             "router",
             json!({
@@ -1069,7 +1069,13 @@ fn full_chain(policy: Option<&str>) {
                 "explain": true
             }),
         ))
-        .wasm(filter("hashring", hashring_config(&ups)))
+        .wasm(filter("cache", cache_config()))
+        .wasm(filter("hashring", {
+            let mut config = hashring_config(&ups);
+            config["clusters"] = json!(["web"]);
+            config["cluster_header"] = json!("x-switchyard-cluster");
+            config
+        }))
         .cluster_with(Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST))
         .cluster("api-v1", [ups[0].addr()])
         .cluster("api-v2", [ups[1].addr()])
@@ -1078,8 +1084,9 @@ fn full_chain(policy: Option<&str>) {
         .route_to("web")
         .start();
 
-    // The hostile request through all four filters: admitted (1 of 4 for `caf\xe9`), not
-    // cached (Authorization), routed by the sticky split, hashed.
+    // The hostile request through all four filters: admitted (1 of 4 for `caf\xe9`), routed by
+    // the sticky split, not cached (Authorization), and left alone by the hashring (routed to
+    // api-v1/api-v2, not `web`).
     let resp = Req::get("/api/orders").hs(&hostile_headers()).send(&envoy);
     assert_served(&resp, "hostile request");
     assert_eq!(resp.status, 200, "{}", resp.describe());
@@ -1097,16 +1104,23 @@ fn full_chain(policy: Option<&str>) {
     assert!(resp
         .text_of("x-switchyard-route")
         .contains("route=api-split"));
-    assert_eq!(explain_field(&resp, "key"), "header:x-user-id");
+    assert_eq!(
+        resp.header("x-hash-explain"),
+        None,
+        "the hashring acted on a request routed to another cluster: {}",
+        resp.describe()
+    );
+    assert!(stat(&envoy, "wasmcustom.switchyard.hashring.other_cluster") >= 1);
     let sticky = resp.upstream();
-    // And one that ends at the default route, so the hash picks the host.
+    // And one that ends at the default route (`web`), so the hash picks the host.
     let resp = Req::get("/item").hs(&hostile_headers()).send(&envoy);
     assert_eq!(resp.status, 200, "{}", resp.describe());
+    assert_eq!(explain_field(&resp, "key"), "header:x-user-id");
     let hashed = resp.upstream();
     assert_eq!(hashed, id_at(&ups, &explain_field(&resp, "host")));
 
     // Normal traffic: a cacheable page is a MISS and then HITs on both workers (the cache
-    // answers before the router and hashring run).
+    // answers after the router, before the hashring runs).
     let page = format!("/page?{}", cc("max-age=600"));
     burst(
         &envoy,

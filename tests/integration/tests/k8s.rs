@@ -22,7 +22,8 @@ use std::time::Duration;
 use switchyard_harness::{envoy_bin, wait_until, wasm_path, workspace_root, Envoy, Response};
 use switchyard_upstream::Upstream;
 
-const FILTERS: [&str; 4] = ["ratelimit", "cache", "router", "hashring"];
+/// In the required chain order (README "Filters in a chain").
+const FILTERS: [&str; 4] = ["ratelimit", "router", "cache", "hashring"];
 const OVERLAYS: [&str; 2] = ["envoy", "istio"];
 
 /// The Python tools `cargo xtask tools` installs into `SWITCHYARD_TOOLS_DIR` (default
@@ -109,15 +110,22 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// A temporary copy of `k8s/` with `find` replaced by `replace` in `file` (relative to `k8s/`).
 fn broken_copy(tmp: &TempDir, file: &str, find: &str, replace: &str) -> PathBuf {
+    edited_copy(tmp, file, |text| {
+        assert!(
+            text.contains(find),
+            "{file} no longer contains {find:?}: update this test"
+        );
+        text.replacen(find, replace, 1)
+    })
+}
+
+/// A temporary copy of `k8s/` with `file` (relative to `k8s/`) rewritten by `edit`.
+fn edited_copy(tmp: &TempDir, file: &str, edit: impl FnOnce(&str) -> String) -> PathBuf {
     let k8s = tmp.0.join("k8s");
     copy_tree(&workspace_root().join("k8s"), &k8s);
     let path = k8s.join(file);
     let text = fs::read_to_string(&path).unwrap();
-    assert!(
-        text.contains(find),
-        "{file} no longer contains {find:?}: update this test"
-    );
-    fs::write(&path, text.replacen(find, replace, 1)).unwrap();
+    fs::write(&path, edit(&text)).unwrap();
     k8s
 }
 
@@ -330,6 +338,83 @@ fn invalid_wasmplugin_phase_is_reported_with_resource_field_and_reason() {
     assert!(
         report.contains(
             "ERROR istio: WasmPlugin/switchyard-ratelimit: spec.phase: 'AUTHORIZATION' is not one of"
+        ),
+        "{report}"
+    );
+}
+
+/// The router must run before the cache on Istio: with the router's priority below the cache's,
+/// the cache would key on requests the router has not routed yet.
+#[test]
+fn cache_before_router_on_istio_is_reported() {
+    let tmp = TempDir::new("istio-order");
+    let k8s = broken_copy(
+        &tmp,
+        "overlays/istio/wasmplugins.yaml",
+        "priority: 300",
+        "priority: 150",
+    );
+    let output = run_validator(&k8s, &["istio"], &tmp.0.join("out"));
+    let report = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(
+            "ERROR istio: WasmPlugin/switchyard-cache: spec.phase/spec.priority: runs before or together with \
+             WasmPlugin/switchyard-router (STATS/200 vs STATS/150); required order: ratelimit -> router -> cache -> hashring"
+        ),
+        "{report}"
+    );
+}
+
+/// The previous order (ratelimit -> cache -> router -> hashring) is rejected on plain Envoy.
+#[test]
+fn cache_before_router_on_plain_envoy_is_reported() {
+    let tmp = TempDir::new("envoy-order");
+    let k8s = edited_copy(&tmp, "overlays/envoy/envoy.yaml", |text| {
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in envoy.yaml: update this test"))
+        };
+        let router = at("                  - name: switchyard.router\n");
+        let cache = at("                  - name: switchyard.cache\n");
+        // The cache's block ends where the hashring's (with its leading comment) begins.
+        let end = at("                  # Shard identifiers");
+        assert!(router < cache && cache < end, "update this test");
+        format!(
+            "{}{}{}{}",
+            &text[..router],
+            &text[cache..end],
+            &text[router..cache],
+            &text[end..]
+        )
+    });
+    let output = run_validator(&k8s, &["envoy"], &tmp.0.join("out"));
+    let report = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(
+            "Wasm filters run ratelimit -> cache -> router -> hashring; required order: ratelimit -> router -> cache -> hashring"
+        ),
+        "{report}"
+    );
+}
+
+/// The hashring's `clusters` must name clusters the proxy has, like every other cluster reference.
+#[test]
+fn hashring_cluster_missing_from_envoy_is_reported() {
+    let tmp = TempDir::new("hashring-clusters");
+    let k8s = broken_copy(
+        &tmp,
+        "overlays/envoy/envoy.yaml",
+        r#""clusters": ["upstream"]"#,
+        r#""clusters": ["upstream-v2"]"#,
+    );
+    let output = run_validator(&k8s, &["envoy"], &tmp.0.join("out"));
+    let report = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(
+            "configuration.value:clusters[0]: cluster 'upstream-v2' is not defined in static_resources.clusters"
         ),
         "{report}"
     );

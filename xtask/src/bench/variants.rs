@@ -80,6 +80,13 @@ fn hashring_config(upstreams: &[u16; 3]) -> String {
     )
 }
 
+/// The hashring of the chain: as [`hashring_config`], acting only on requests routed to `web`.
+fn chained_hashring_config(upstreams: &[u16; 3]) -> String {
+    let alone = hashring_config(upstreams);
+    let body = alone.strip_suffix('}').unwrap_or(&alone);
+    format!(r#"{body},"clusters":["web"],"cluster_header":"{CLUSTER_HEADER}"}}"#)
+}
+
 fn cache_config() -> String {
     r#"{"max_bytes":67108864,"max_entry_bytes":1048576,"eviction":"lru","key":{"query":"all","headers":[]},"default_ttl":"0s","upstream_cluster":"web"}"#.to_owned()
 }
@@ -277,7 +284,7 @@ pub fn all(dist: &Path, upstreams: &[u16; 3]) -> Vec<Variant> {
         ),
         v(
             "chain-miss",
-            "ratelimit + cache (miss) + router + hashring chained",
+            "ratelimit + router + cache (miss) + hashring chained",
             chain(dist, upstreams),
             "",
             d,
@@ -287,13 +294,14 @@ pub fn all(dist: &Path, upstreams: &[u16; 3]) -> Vec<Variant> {
     ]
 }
 
-/// The four filters chained, as in the demo order.
+/// The four filters chained in the documented order (`build::FILTERS`, README "Filters in a
+/// chain"); the hashring picks hosts for `web` only, the cluster the router sends everything to.
 pub fn chain(dist: &Path, upstreams: &[u16; 3]) -> Vec<WasmFilter> {
     vec![
         wasm(dist, "ratelimit", ratelimit_config(false)),
-        wasm(dist, "cache", cache_config()),
         wasm(dist, "router", router_config()),
-        wasm(dist, "hashring", hashring_config(upstreams)),
+        wasm(dist, "cache", cache_config()),
+        wasm(dist, "hashring", chained_hashring_config(upstreams)),
     ]
 }
 
@@ -478,10 +486,22 @@ mod tests {
         assert!(!plain.contains("local_ratelimit"));
         let chain = yaml_of("chain-miss");
         let at = |s: &str| chain.find(s).unwrap();
-        assert!(at("switchyard.ratelimit") < at("switchyard.cache"));
-        assert!(at("switchyard.router") < at("switchyard.hashring"));
+        assert!(at("switchyard.ratelimit") < at("switchyard.router"));
+        assert!(at("switchyard.router") < at("switchyard.cache"));
+        assert!(at("switchyard.cache") < at("switchyard.hashring"));
         assert!(at("switchyard.hashring") < at("envoy.filters.http.router"));
         assert!(yaml_of("native-maglev").contains("cluster: web_maglev"));
         assert!(yaml_of("native-cache-hit").contains("SimpleHttpCacheConfig"));
+    }
+
+    #[test]
+    fn the_chained_hashring_acts_only_on_web() {
+        let chained: serde_json::Value =
+            serde_json::from_str(&chained_hashring_config(&[1, 2, 3])).unwrap();
+        let alone: serde_json::Value = serde_json::from_str(&hashring_config(&[1, 2, 3])).unwrap();
+        assert_eq!(chained["clusters"], serde_json::json!(["web"]));
+        assert_eq!(chained["cluster_header"], CLUSTER_HEADER);
+        assert_eq!(chained["hosts"], alone["hosts"]);
+        assert!(alone.get("clusters").is_none());
     }
 }
