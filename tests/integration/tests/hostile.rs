@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+use switchyard_harness::yaml::{OVERRIDE_HOST_CLUSTER, RETRIES, ROUTE_BY_CLUSTER_HEADER};
 use switchyard_harness::{eventually, Cluster, Envoy, EnvoyBuilder, WasmFilter};
 use switchyard_hashring::config::Config as HashringConfig;
 use switchyard_upstream::Upstream;
@@ -678,16 +679,6 @@ fn cache_survives_obs_text_headers_and_still_hits_and_validates() {
 // ---------------------------------------------------------------------------------------------
 // router
 
-const CLUSTER_ROUTE: &str = r#"
-match:
-  prefix: "/"
-  headers:
-  - name: x-switchyard-cluster
-    present_match: true
-route:
-  cluster_header: x-switchyard-cluster
-"#;
-
 fn router_routes() -> Value {
     json!([
         {"name": "health", "match": {"path": {"exact": "/healthz"}},
@@ -745,7 +736,7 @@ fn router_survives_obs_text_headers_and_still_routes() {
         .cluster("api-v1", [ups[1].addr()])
         .cluster("api-v2", [ups[2].addr()])
         .cluster("users", [ups[3].addr()])
-        .route(CLUSTER_ROUTE)
+        .route(ROUTE_BY_CLUSTER_HEADER)
         .route_to("web")
         .start();
 
@@ -851,44 +842,6 @@ fn router_survives_obs_text_headers_and_still_routes() {
 // ---------------------------------------------------------------------------------------------
 // hashring
 
-/// The cluster half of the override-host setup (as in `envoy/hashring.yaml`).
-const OVERRIDE_HOST: &str = r#"
-load_balancing_policy:
-  policies:
-  - typed_extension_config:
-      name: envoy.load_balancing_policies.override_host
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
-        override_host_sources:
-        - header: x-upstream-host
-        fallback_policy:
-          policies:
-          - typed_extension_config:
-              name: envoy.load_balancing_policies.round_robin
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: { http_protocol_options: {} }
-    http_filters:
-    - name: envoy.filters.http.header_mutation
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-        mutations:
-          request_mutations:
-          - remove: x-upstream-host
-    - name: envoy.filters.http.upstream_codec
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
-"#;
-
-const RETRIES: &str = r#"
-retry_policy:
-  retry_on: connect-failure,reset,5xx
-  num_retries: 2
-"#;
-
 fn three_upstreams() -> Vec<Upstream> {
     ["u1", "u2", "u3"]
         .iter()
@@ -949,7 +902,9 @@ fn hashring_survives_obs_text_headers_and_keys_stay_stable() {
     let config = hashring_config(&ups);
     let envoy = builder()
         .wasm_filter("hashring", config.clone())
-        .cluster_with(Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST))
+        .cluster_with(
+            Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST_CLUSTER),
+        )
         .virtual_host_extra(RETRIES)
         .start();
 
@@ -1076,11 +1031,11 @@ fn full_chain(policy: Option<&str>) {
             config["cluster_header"] = json!("x-switchyard-cluster");
             config
         }))
-        .cluster_with(Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST))
+        .cluster_with(Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST_CLUSTER))
         .cluster("api-v1", [ups[0].addr()])
         .cluster("api-v2", [ups[1].addr()])
         .cluster("users", [ups[2].addr()])
-        .route(CLUSTER_ROUTE)
+        .route(ROUTE_BY_CLUSTER_HEADER)
         .route_to("web")
         .start();
 
