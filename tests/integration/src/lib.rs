@@ -41,3 +41,38 @@ pub fn assert_envoy_accepts(file: &str) {
         "{text}"
     );
 }
+
+/// The cache's `x-cache` on a response (`<none>` if absent).
+pub fn x_cache(r: &Response) -> &str {
+    r.header("x-cache").unwrap_or("<none>")
+}
+
+/// A response's `Age`, failing the test if it has none.
+pub fn age(r: &Response) -> u64 {
+    r.header("age")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no Age: {:?}", r.headers))
+}
+
+/// Percent-encodes everything but unreserved characters and `:` / `/`, for a query value.
+pub fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~:/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `header=<name>:<value>` for the upstream test server (the response gets that header).
+pub fn upstream_header(name: &str, value: &str) -> String {
+    format!("header={name}:{}", query_escape(value))
+}
+
+/// `Cache-Control: <value>` on the upstream's response, as a query parameter.
+pub fn cc(value: &str) -> String {
+    upstream_header("Cache-Control", value)
+}

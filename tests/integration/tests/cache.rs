@@ -7,7 +7,8 @@
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use switchyard_harness::{eventually, parallel, workspace_root, Envoy, Response};
+use switchyard_harness::{eventually, parallel, workspace_root, Envoy};
+use switchyard_integration::{age, cc, x_cache};
 use switchyard_upstream::Upstream;
 
 const TOKEN: &str = "s3cret";
@@ -30,25 +31,6 @@ fn start(up: &Upstream, cfg: Value) -> Envoy {
         .wasm_filter("cache", cfg)
         .cluster("web", [up.addr()])
         .start()
-}
-
-fn x_cache(r: &Response) -> &str {
-    r.header("x-cache").unwrap_or("<none>")
-}
-
-fn age(r: &Response) -> u64 {
-    r.header("age")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no Age: {:?}", r.headers))
-}
-
-/// `Cache-Control:<value>` as a query parameter for the upstream.
-fn cc(value: &str) -> String {
-    let enc = value
-        .replace('=', "%3D")
-        .replace(',', "%2C")
-        .replace(' ', "%20");
-    format!("header=Cache-Control:{enc}")
 }
 
 #[test]

@@ -16,6 +16,7 @@
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime};
 use switchyard_harness::{Envoy, Response};
+use switchyard_integration::{age, cc, query_escape, upstream_header, x_cache};
 use switchyard_upstream::{http_date, Upstream};
 
 fn config() -> Value {
@@ -35,18 +36,8 @@ fn start(up: &Upstream, cfg: Value) -> Envoy {
         .start()
 }
 
-fn x_cache(r: &Response) -> &str {
-    r.header("x-cache").unwrap_or("<none>")
-}
-
 fn cache_status(r: &Response) -> &str {
     r.header("cache-status").unwrap_or("<none>")
-}
-
-fn age(r: &Response) -> u64 {
-    r.header("age")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no Age: {:?}", r.headers))
 }
 
 /// The `ttl=` of a hit's `Cache-Status`.
@@ -55,28 +46,6 @@ fn hit_ttl(r: &Response) -> i64 {
     cs.strip_prefix("switchyard; hit; ttl=")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("not a hit: {cs:?} {:?}", r.headers))
-}
-
-/// Percent-encodes everything but unreserved characters and `:` / `/`, for a query value.
-fn enc(v: &str) -> String {
-    v.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~:/".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// `header=<name>:<value>` for the upstream (the response gets that header, one line each).
-fn h(name: &str, value: &str) -> String {
-    format!("header={name}:{}", enc(value))
-}
-
-fn cc(value: &str) -> String {
-    h("Cache-Control", value)
 }
 
 fn secs_from_now(delta: i64) -> SystemTime {
@@ -158,7 +127,7 @@ fn invalid_expires_is_already_expired_and_valid_expires_is_reused() {
     .enumerate()
     {
         let name = format!("/exp-bad/{i}");
-        let path = format!("{name}?{}", h("Expires", bad));
+        let path = format!("{name}?{}", upstream_header("Expires", bad));
         let r = envoy.get(&path).send();
         assert_eq!(
             r.header("expires"),
@@ -171,12 +140,12 @@ fn invalid_expires_is_already_expired_and_valid_expires_is_reused() {
         assert_eq!(up.count_path(&name), 3, "{bad:?}");
     }
     // The same date, valid: reused, with Expires - Date of freshness.
-    let path = format!("/exp-good?{}", h("Expires", future));
+    let path = format!("/exp-good?{}", upstream_header("Expires", future));
     let hit = assert_stored(&envoy, &up, "/exp-good", &path);
     assert!(hit_ttl(&hit) > 365 * 86400, "{}", cache_status(&hit));
     // A near future Expires: the lifetime is Expires - Date.
     let soon = http_date(secs_from_now(600));
-    let path = format!("/exp-soon?{}", h("Expires", &soon));
+    let path = format!("/exp-soon?{}", upstream_header("Expires", &soon));
     let hit = assert_stored(&envoy, &up, "/exp-soon", &path);
     let ttl = hit_ttl(&hit);
     assert!((590..=601).contains(&ttl), "ttl {ttl}");
@@ -191,9 +160,13 @@ fn age_with_suffix_is_ignored_and_age_lists_use_the_first_member() {
     let envoy = start(&up, config());
     let started = Instant::now();
     let max = cc("max-age=600");
-    let suffix = format!("/age-suffix?{max}&{}", h("Age", "10abc"));
-    let list = format!("/age-list?{max}&{}", h("Age", "10, 20"));
-    let lines = format!("/age-lines?{max}&{}&{}", h("Age", "10"), h("Age", "20"));
+    let suffix = format!("/age-suffix?{max}&{}", upstream_header("Age", "10abc"));
+    let list = format!("/age-list?{max}&{}", upstream_header("Age", "10, 20"));
+    let lines = format!(
+        "/age-lines?{max}&{}&{}",
+        upstream_header("Age", "10"),
+        upstream_header("Age", "20")
+    );
 
     let hit = assert_stored(&envoy, &up, "/age-suffix", &suffix);
     let slack = started.elapsed().as_secs() + 2;
@@ -223,8 +196,8 @@ fn age_with_suffix_is_ignored_and_age_lists_use_the_first_member() {
 #[test]
 fn cdn_cache_control_overrides_cache_control_and_is_configurable() {
     let up = Upstream::start("u1").unwrap();
-    let cdn = |v: &str| h("CDN-Cache-Control", v);
-    let edge = |v: &str| h("Edge-Cache-Control", v);
+    let cdn = |v: &str| upstream_header("CDN-Cache-Control", v);
+    let edge = |v: &str| upstream_header("Edge-Cache-Control", v);
 
     // Default: CDN-Cache-Control.
     let envoy = start(&up, config());
@@ -242,7 +215,7 @@ fn cdn_cache_control_overrides_cache_control_and_is_configurable() {
     // An empty targeted field is not there: Cache-Control applies.
     let path = format!(
         "/cdn/empty?{}&{}",
-        h("CDN-Cache-Control", ""),
+        upstream_header("CDN-Cache-Control", ""),
         cc("max-age=600")
     );
     assert_stored(&envoy, &up, "/cdn/empty", &path);
@@ -306,10 +279,10 @@ fn qualified_no_cache_and_private_store_without_the_named_fields() {
         let path = format!(
             "{name}?{}&{}&{}&{}&{}",
             cc(&format!("max-age=600, {directive}")),
-            h("X-Token", "secret-token"),
-            h("X-Trace", "trace-1"),
-            h("X-User", "alice"),
-            h("X-Other", "kept"),
+            upstream_header("X-Token", "secret-token"),
+            upstream_header("X-Trace", "trace-1"),
+            upstream_header("X-User", "alice"),
+            upstream_header("X-Other", "kept"),
         );
         let first = envoy.get(&path).send();
         assert_eq!(x_cache(&first), "MISS");
@@ -347,10 +320,10 @@ fn unknown_fields_are_replayed_and_set_cookie_is_not_stored() {
     let path = format!(
         "/unknown?{}&{}&{}&{}&{}",
         cc("max-age=600"),
-        h("Set-Cookie2", "a=1; Version=1"),
-        h("X-Custom", "v;  q=\"a, b\""),
-        h("X-Multi", "one"),
-        h("X-Multi", "two"),
+        upstream_header("Set-Cookie2", "a=1; Version=1"),
+        upstream_header("X-Custom", "v;  q=\"a, b\""),
+        upstream_header("X-Multi", "one"),
+        upstream_header("X-Multi", "two"),
     );
     let hit = assert_stored(&envoy, &up, "/unknown", &path);
     assert_eq!(hit.header("set-cookie2"), Some("a=1; Version=1"));
@@ -361,7 +334,7 @@ fn unknown_fields_are_replayed_and_set_cookie_is_not_stored() {
     let cookie = format!(
         "/cookie?{}&{}",
         cc("max-age=600"),
-        h("Set-Cookie", "sid=alice")
+        upstream_header("Set-Cookie", "sid=alice")
     );
     for _ in 0..2 {
         let r = envoy.get(&cookie).send();
@@ -445,8 +418,8 @@ fn unsafe_methods_invalidate_location_and_content_location_on_the_same_authority
     // Another authority: nothing is invalidated.
     let post = format!(
         "/c?{}&{}",
-        h("Location", "http://other.example/a"),
-        h("Content-Location", "http://other.example:8080/b")
+        upstream_header("Location", "http://other.example/a"),
+        upstream_header("Content-Location", "http://other.example:8080/b")
     );
     let r = envoy.request("POST", &post).body("x").send();
     assert_eq!(r.status, 200);
@@ -458,8 +431,8 @@ fn unsafe_methods_invalidate_location_and_content_location_on_the_same_authority
     let host = envoy.listen_addr().to_string();
     let post = format!(
         "/c?{}&{}",
-        h("Location", "/a"),
-        h("Content-Location", &format!("http://{host}/b"))
+        upstream_header("Location", "/a"),
+        upstream_header("Content-Location", &format!("http://{host}/b"))
     );
     let r = envoy.request("POST", &post).body("x").send();
     assert_eq!(r.status, 200);
@@ -529,7 +502,7 @@ fn ranges_are_served_from_a_complete_stored_response() {
     // A range request that misses goes upstream with its Range; the upstream's 206 is not stored.
     let partial = format!(
         "/rg206?status=206&size=10&{}&{}",
-        h("Content-Range", "bytes 0-9/100"),
+        upstream_header("Content-Range", "bytes 0-9/100"),
         cc("max-age=600")
     );
     for i in 1..=2 {
@@ -587,7 +560,7 @@ fn heuristic_freshness_is_a_tenth_of_the_age_of_last_modified_capped() {
     let envoy = start(&up, cfg);
     // Last-Modified 10 hours ago: 10% = 1 h, under the 2 h cap.
     let lm = http_date(secs_from_now(-10 * 3600));
-    let path = format!("/heur/10h?last_modified={}", enc(&lm));
+    let path = format!("/heur/10h?last_modified={}", query_escape(&lm));
     let started = Instant::now();
     let hit = assert_stored(&envoy, &up, "/heur/10h", &path);
     let slack = started.elapsed().as_secs() as i64 + 2;
@@ -597,7 +570,7 @@ fn heuristic_freshness_is_a_tenth_of_the_age_of_last_modified_capped() {
 
     // Last-Modified 10 days ago: 10% = 1 day, capped at 2 h.
     let lm = http_date(secs_from_now(-10 * 86400));
-    let path = format!("/heur/10d?last_modified={}", enc(&lm));
+    let path = format!("/heur/10d?last_modified={}", query_escape(&lm));
     let started = Instant::now();
     let hit = assert_stored(&envoy, &up, "/heur/10d", &path);
     let slack = started.elapsed().as_secs() as i64 + 2;
@@ -607,8 +580,8 @@ fn heuristic_freshness_is_a_tenth_of_the_age_of_last_modified_capped() {
     // 302 is not heuristically cacheable: without explicit freshness it is not stored.
     let path = format!(
         "/heur/302?status=302&last_modified={}&{}",
-        enc(&lm),
-        h("Location", "/elsewhere")
+        query_escape(&lm),
+        upstream_header("Location", "/elsewhere")
     );
     for i in 1..=2 {
         let r = envoy.get(&path).send();
