@@ -1,5 +1,5 @@
 //! Envoy's own validator (`envoy --mode validate`, which also loads each wasm module and runs its
-//! `on_configure`) on the configurations users copy: the generated demo YAML and the README's
+//! `on_configure`) on the configurations users copy: the generated demo YAML and docs/envoy.md's
 //! plain-Envoy snippet. Needs Envoy (`ENVOY_BIN` or `cargo xtask envoy`) and `dist/probe.wasm`
 //! (`cargo xtask build`); `cargo xtask test` provides both.
 
@@ -139,13 +139,13 @@ fn envoy_rejects_a_demo_configuration_whose_filter_rejects_its_config() {
     );
 }
 
-/// The README's "Loading a filter in plain Envoy" YAML block.
-fn readme_snippet() -> String {
-    let readme = std::fs::read_to_string(util::workspace_root().join("README.md")).unwrap();
-    let section = readme
-        .split_once("## Loading a filter in plain Envoy")
+/// The YAML block of docs/envoy.md ("Loading a filter in plain Envoy").
+fn plain_envoy_snippet() -> String {
+    let page = std::fs::read_to_string(util::workspace_root().join("docs/envoy.md")).unwrap();
+    let section = page
+        .split_once("# Loading a filter in plain Envoy")
         .map(|(_, rest)| rest)
-        .expect("README has no `## Loading a filter in plain Envoy` section");
+        .expect("docs/envoy.md has no `# Loading a filter in plain Envoy` title");
     section
         .split_once("```yaml\n")
         .and_then(|(_, rest)| rest.split_once("\n```"))
@@ -153,8 +153,8 @@ fn readme_snippet() -> String {
         .expect("no ```yaml block in the plain-Envoy section")
 }
 
-/// The module path the README uses, replaced by a real one in tests.
-const README_WASM_PATH: &str = "/etc/envoy/switchyard/ratelimit.wasm";
+/// The module path the snippet uses, replaced by a real one in tests.
+const SNIPPET_WASM_PATH: &str = "/etc/envoy/switchyard/ratelimit.wasm";
 
 /// Replaces the `value: |` block scalar (the filter configuration) with `replacement`.
 fn replace_configuration(yaml: &str, replacement: &str) -> String {
@@ -177,16 +177,16 @@ fn replace_configuration(yaml: &str, replacement: &str) -> String {
 
 #[test]
 fn readme_plain_envoy_snippet_is_accepted_by_envoy() {
-    let snippet = readme_snippet();
+    let snippet = plain_envoy_snippet();
     assert!(
-        snippet.contains(README_WASM_PATH),
-        "the snippet should load {README_WASM_PATH}"
+        snippet.contains(SNIPPET_WASM_PATH),
+        "the snippet should load {SNIPPET_WASM_PATH}"
     );
     let scratch = Scratch::new("readme");
     // Structure, with the probe standing in for the module.
     let probe = probe_wasm();
     let with_probe = replace_configuration(
-        &snippet.replace(README_WASM_PATH, &probe.to_string_lossy()),
+        &snippet.replace(SNIPPET_WASM_PATH, &probe.to_string_lossy()),
         PROBE_CONFIG,
     );
     assert_valid(&with_probe, &scratch.0);
@@ -199,7 +199,7 @@ fn readme_plain_envoy_snippet_is_accepted_by_envoy() {
         .is_file();
     if ready && ratelimit.is_file() {
         assert_valid(
-            &snippet.replace(README_WASM_PATH, &ratelimit.to_string_lossy()),
+            &snippet.replace(SNIPPET_WASM_PATH, &ratelimit.to_string_lossy()),
             &scratch.0,
         );
     }

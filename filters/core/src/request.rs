@@ -5,7 +5,7 @@
 //! from the host lazily, on the first question that needs it, and at most once; a configuration
 //! that looks at no header costs no header read.
 //!
-//! How non-UTF-8 bytes behave (documented in the README, "Bytes in headers"):
+//! How non-UTF-8 bytes behave (documented in docs/matching.md, "Bytes in headers"):
 //! - exact / prefix / suffix / contains tests compare bytes;
 //! - a regex sees the value as UTF-8 when it is valid UTF-8, otherwise each byte as the Latin-1
 //!   character of that code ([`text`]);

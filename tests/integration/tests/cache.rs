@@ -250,7 +250,7 @@ fn stale_entry_is_revalidated_with_304_and_client_conditionals_get_304() {
 #[test]
 fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     let up = Upstream::start("u1").unwrap();
-    // One worker: background refreshes are deduplicated per worker (README, cache limits), and
+    // One worker: background refreshes are deduplicated per worker (docs/cache.md, limits), and
     // this test counts them exactly.
     let envoy = Envoy::builder()
         .concurrency(1)

@@ -1,5 +1,5 @@
 //! RFC 9111 (and RFC 9213) behaviours of the cache filter as a user sees them, against a real
-//! Envoy 1.40 and the upstream test server, one test per behaviour of README "What is cached
+//! Envoy 1.40 and the upstream test server, one test per behaviour of docs/cache.md "What is cached
 //! (RFC 9111)". Each test asserts the status, `x-cache` / `Cache-Status`, `Age`, the body and
 //! whether the upstream was reached (`count_path`, `requests`).
 //!
