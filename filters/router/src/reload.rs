@@ -211,6 +211,17 @@ pub fn evaluate_fetch(
             }
             let body = read_body();
             match parse_table(&body, known_clusters, cluster_header) {
+                // A fetched `{}` (no routes, no default) would answer every request with 404:
+                // a broken config endpoint must not take all traffic down.
+                Ok(table) if table.routes().is_empty() && table.default_action().is_none() => {
+                    FetchResult::Rejected {
+                        error: ConfigError::new(
+                            "routes",
+                            "an empty table (no routes and no default) would answer every request with 404",
+                        ),
+                        etag,
+                    }
+                }
                 Ok(table) => FetchResult::Accepted {
                     table: Box::new(table),
                     etag,

@@ -644,6 +644,13 @@ fn reload_requires_known_clusters_and_never_copies_an_oversized_body() {
         "h",
     );
     assert!(matches!(r, FetchResult::Rejected { .. }));
+    // An empty fetched table would 404 everything: kept out.
+    for empty in [&b"{}"[..], br#"{"routes": []}"#] {
+        match fetch(200, None, empty, 1 << 20, None, "h") {
+            FetchResult::Rejected { error, .. } => assert_eq!(error.path, "routes"),
+            o => panic!("{o:?}"),
+        }
+    }
 }
 
 #[test]

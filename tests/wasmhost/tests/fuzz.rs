@@ -473,10 +473,15 @@ impl Target {
             Err(e) => Some(e.clone()),
             Ok(_) if !slot.errors.is_empty() => Some(slot.errors.join("; ")),
             Ok(o) if !slot.reached_innermost || o.status() != Some(200) => Some(format!(
-                "not served: status {:?}, upstream reached {}, local reply {:?}",
+                "not served: status {:?}, upstream reached {}, local reply {:?}, response headers {:?}",
                 o.status(),
                 slot.reached_innermost,
-                o.local_reply.as_ref().map(|r| (r.status, r.body_text()))
+                o.local_reply.as_ref().map(|r| (r.status, r.body_text())),
+                o.response
+                    .iter()
+                    .flat_map(|m| m.headers.iter())
+                    .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v)))
+                    .collect::<Vec<_>>()
             )),
             Ok(_) => None,
         };
