@@ -126,20 +126,22 @@ fn display_chain(names: &[&str]) -> String {
     }
 }
 
-/// Filters in chain order that have a built module and a demo configuration.
+/// Every filter in chain order with its built module, demo configuration and curl lines. A
+/// missing piece is an error, never a shorter chain: a demo that silently dropped a filter
+/// would "pass" without showing it.
 fn demo_filters(dist: &Path) -> Result<Vec<DemoFilter>> {
     let demo_dir = util::workspace_root().join("envoy").join("demo");
     let mut found = Vec::new();
     for name in FILTERS {
         let wasm = dist.join(format!("{name}.wasm"));
         let json = demo_dir.join(format!("{name}.json"));
-        if !wasm.is_file() {
-            eprintln!("xtask: {name}: no {}; not in the chain", wasm.display());
-            continue;
-        }
-        if !json.is_file() {
-            eprintln!("xtask: {name}: no {}; not in the chain", json.display());
-            continue;
+        for needed in [&wasm, &json] {
+            if !needed.is_file() {
+                return Err(format!(
+                    "{name}: {} is missing (`cargo xtask build` builds the modules; every filter needs envoy/demo/{name}.json and .curl)",
+                    needed.display()
+                ));
+            }
         }
         let configuration =
             std::fs::read_to_string(&json).map_err(|e| format!("read {}: {e}", json.display()))?;
@@ -153,7 +155,11 @@ fn demo_filters(dist: &Path) -> Result<Vec<DemoFilter>> {
                 wasm,
                 configuration,
             },
-            curl: Some(curl).filter(|p| p.is_file()),
+            curl: if curl.is_file() {
+                Some(curl)
+            } else {
+                return Err(format!("{name}: {} is missing", curl.display()));
+            },
         });
     }
     Ok(found)
