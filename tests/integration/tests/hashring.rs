@@ -511,11 +511,14 @@ fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
         Duration::from_secs(30),
         || order_len("k") == 3,
     );
+    // Every root context that configured (one per worker, plus Envoy's main-thread VM) must
+    // have adopted the set before keys are compared: waiting for two adoptions let a worker
+    // still on the old set answer under load.
     let configured = count("ring over 1 hosts");
     wait_until(
-        "both workers adopted the set",
+        "every root context adopted the set",
         Duration::from_secs(20),
-        || v1() >= 2 && rebuilds() == configured + v1(),
+        || v1() >= configured.max(2) && rebuilds() == configured + v1(),
     );
     let keys: Vec<String> = (0..30).map(|i| format!("hf-{i}")).collect();
     let with_three = key_map(&envoy, &keys, 2);
