@@ -511,14 +511,19 @@ fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
         Duration::from_secs(30),
         || order_len("k") == 3,
     );
-    // Every root context that configured (one per worker, plus Envoy's main-thread VM) must
-    // have adopted the set before keys are compared: waiting for two adoptions let a worker
-    // still on the old set answer under load.
     let configured = count("ring over 1 hosts");
     wait_until(
-        "every root context adopted the set",
+        "both workers adopted the set",
         Duration::from_secs(20),
-        || v1() >= configured.max(2) && rebuilds() == configured + v1(),
+        || v1() >= 2 && rebuilds() == configured + v1(),
+    );
+    // Two adoptions can be Envoy's main-thread VM and one worker: also wait until requests on
+    // many new connections (spread over both workers) all see the new set, so no worker still
+    // on the old one answers below.
+    wait_until(
+        "every worker answers with the fetched set",
+        Duration::from_secs(20),
+        || (0..16).all(|_| order_len("k") == 3),
     );
     let keys: Vec<String> = (0..30).map(|i| format!("hf-{i}")).collect();
     let with_three = key_map(&envoy, &keys, 2);
