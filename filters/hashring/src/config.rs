@@ -133,11 +133,49 @@ fn default_fetch_timeout() -> Duration {
 /// Shortest `hosts_from.interval` (every worker ticks at most this often).
 pub const MIN_INTERVAL_MS: u64 = 100;
 
+/// `algorithm` as written: a hash table, or performance-based `p2c_ewma` (whose affinity uses a
+/// ring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum AlgorithmSpec {
+    #[default]
+    Ring,
+    Maglev,
+    Rendezvous,
+    P2cEwma,
+}
+
+/// `p2c` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawP2c {
+    #[serde(default)]
+    decay: Option<Duration>,
+    #[serde(default)]
+    failure_penalty: Option<Duration>,
+    #[serde(default)]
+    affinity: Option<f64>,
+}
+
+/// Performance-based selection (`"algorithm": "p2c_ewma"`): see [`crate::p2c`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct P2c {
+    /// Time constant of the latency EWMA.
+    pub decay_ns: u64,
+    /// The latency a failure counts as (5xx, reset, 429/503 with `Retry-After`).
+    pub failure_penalty_ns: u64,
+    /// With `hash_key`: keep the consistent-hash host unless its cost exceeds this many times the
+    /// best candidate's.
+    pub affinity: Option<f64>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    algorithm: Algorithm,
+    algorithm: AlgorithmSpec,
+    #[serde(default)]
+    p2c: Option<RawP2c>,
     #[serde(default)]
     hosts: Vec<HostSpec>,
     #[serde(default)]
@@ -169,7 +207,10 @@ struct RawConfig {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The hash table (for `p2c_ewma`: the ring its affinity uses).
     pub algorithm: Algorithm,
+    /// `Some` for `"algorithm": "p2c_ewma"`.
+    pub p2c: Option<P2c>,
     pub hosts: Vec<Host>,
     pub hosts_from: Option<HostsFrom>,
     pub hash_key: KeySources,
@@ -195,12 +236,57 @@ impl Config {
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = parse_config(json)?;
         let hosts = validate_hosts(&raw.hosts).map_err(|e| e.under("hosts"))?;
-        if raw.hash_key.is_empty() {
+        let p2c_wanted = raw.algorithm == AlgorithmSpec::P2cEwma;
+        if raw.hash_key.is_empty() && !p2c_wanted {
             return Err(ConfigError::new(
                 "hash_key",
                 "must list at least one key source",
             ));
         }
+        if raw.p2c.is_some() && !p2c_wanted {
+            return Err(ConfigError::new(
+                "p2c",
+                "only with \"algorithm\": \"p2c_ewma\"",
+            ));
+        }
+        let p2c = if p2c_wanted {
+            let r = raw.p2c.clone().unwrap_or_default();
+            let decay = r.decay.unwrap_or(Duration::from_secs(10));
+            let penalty = r.failure_penalty.unwrap_or(Duration::from_secs(1));
+            if decay.as_nanos() < 1_000_000 {
+                return Err(ConfigError::new("p2c.decay", "must be at least 1ms"));
+            }
+            if penalty.as_nanos() == 0 {
+                return Err(ConfigError::new("p2c.failure_penalty", "must be positive"));
+            }
+            if let Some(k) = r.affinity {
+                if !(k.is_finite() && (1.0..=1000.0).contains(&k)) {
+                    return Err(ConfigError::new(
+                        "p2c.affinity",
+                        format!("must be between 1.0 and 1000.0, got {k}"),
+                    ));
+                }
+                if raw.hash_key.is_empty() {
+                    return Err(ConfigError::new(
+                        "p2c.affinity",
+                        "needs hash_key (the affinity keeps the key's consistent-hash host)",
+                    ));
+                }
+            }
+            if raw.bounded_load.is_some() {
+                return Err(ConfigError::new(
+                    "bounded_load",
+                    "not with p2c_ewma (its cost already weighs in-flight requests)",
+                ));
+            }
+            Some(P2c {
+                decay_ns: decay.as_nanos(),
+                failure_penalty_ns: penalty.as_nanos(),
+                affinity: r.affinity,
+            })
+        } else {
+            None
+        };
         if let Some(vnodes) = raw.vnodes {
             if vnodes == 0 || vnodes > MAX_VNODES {
                 return Err(ConfigError::new(
@@ -217,7 +303,12 @@ impl Config {
                 format!("must be a prime no larger than {MAX_TABLE_SIZE}, got {table_size}"),
             ));
         }
-        check_table_limits(raw.algorithm, &hosts, vnodes, table_size)?;
+        let algorithm = match raw.algorithm {
+            AlgorithmSpec::Maglev => Algorithm::Maglev,
+            AlgorithmSpec::Rendezvous => Algorithm::Rendezvous,
+            AlgorithmSpec::Ring | AlgorithmSpec::P2cEwma => Algorithm::Ring,
+        };
+        check_table_limits(algorithm, &hosts, vnodes, table_size)?;
         let bounded_load = match raw.bounded_load {
             None => None,
             Some(b) => {
@@ -322,7 +413,8 @@ impl Config {
         Ok(Config {
             clusters: raw.clusters,
             cluster_header,
-            algorithm: raw.algorithm,
+            algorithm,
+            p2c,
             hosts,
             hosts_from: raw.hosts_from,
             hash_key: raw.hash_key,
@@ -527,6 +619,57 @@ mod tests {
 
     fn err(json: &str) -> ConfigError {
         Config::parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn p2c_ewma_parses_with_defaults_and_names_bad_fields() {
+        let hosts = r#""hosts": [{"address": "10.0.0.1:80"}, {"address": "10.0.0.2:80"}]"#;
+        let c =
+            Config::parse(format!(r#"{{"algorithm": "p2c_ewma", {hosts}}}"#).as_bytes()).unwrap();
+        let p = c.p2c.unwrap();
+        assert_eq!(
+            (p.decay_ns, p.failure_penalty_ns, p.affinity),
+            (10_000_000_000, 1_000_000_000, None)
+        );
+        // The affinity keeps the consistent-hash (ring) choice.
+        assert_eq!(c.algorithm, Algorithm::Ring);
+        let c = Config::parse(
+            format!(r#"{{"algorithm": "p2c_ewma", {hosts}, {KEY}, "p2c": {{"decay": "2s", "affinity": 2.5}}}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.p2c.unwrap().affinity, Some(2.5));
+        for (json, path) in [
+            (
+                format!(r#"{{"algorithm": "p2c_ewma", {hosts}, "p2c": {{"affinity": 2}}}}"#),
+                "p2c.affinity",
+            ),
+            (
+                format!(
+                    r#"{{"algorithm": "p2c_ewma", {hosts}, {KEY}, "p2c": {{"affinity": 0.5}}}}"#
+                ),
+                "p2c.affinity",
+            ),
+            (
+                format!(r#"{{"algorithm": "p2c_ewma", {hosts}, "p2c": {{"decay": "0s"}}}}"#),
+                "p2c.decay",
+            ),
+            (
+                format!(
+                    r#"{{"algorithm": "p2c_ewma", {hosts}, "bounded_load": {{"factor": 1.5}}}}"#
+                ),
+                "bounded_load",
+            ),
+            (
+                format!(r#"{{"algorithm": "ring", {hosts}, {KEY}, "p2c": {{}}}}"#),
+                "p2c",
+            ),
+            (
+                format!(r#"{{"algorithm": "p2c_ewma", {hosts}, "p2c": {{"decy": "1s"}}}}"#),
+                "p2c.decy",
+            ),
+        ] {
+            assert_eq!(err(&json).path, path, "{json}");
+        }
     }
 
     const KEY: &str = r#""hash_key": [{"header": "x"}]"#;

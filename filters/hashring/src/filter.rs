@@ -1,15 +1,17 @@
 //! proxy-wasm glue: builds the table at configure time, picks a host per request, writes the
 //! decision for Envoy, and settles in-flight counts and passive health when the stream ends.
 
-use crate::config::{check_table_limits, Config, Host, HostsFrom, NoKey, Output};
+use crate::config::{check_table_limits, Config, Host, HostsFrom, NoKey, Output, P2c};
 use crate::hostset::{self, HostSetRecord};
 use crate::output::{header_value, set_filter_state_args, ORIGINAL_DST_KEY};
+use crate::p2c;
 use crate::select::{select, Selection};
 use crate::state::{self, HealthChange, Keys};
 use crate::table::Table;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use switchyard_core::abi::{self, Map};
 use switchyard_core::hash::stable_hash64;
@@ -77,6 +79,10 @@ pub struct Runtime {
     set: RefCell<Rc<HostSet>>,
     /// This VM's identity in the shared in-flight counts (bounded loads only).
     worker: state::Worker,
+    /// `p2c_ewma`: this worker's in-flight requests per host address.
+    in_flight: RefCell<HashMap<String, u64>>,
+    /// `p2c_ewma`: this worker's random source (xorshift).
+    rng: Cell<u64>,
 }
 
 impl Runtime {
@@ -106,7 +112,86 @@ impl Runtime {
             config,
             metrics,
             worker: state::Worker::default(),
+            in_flight: RefCell::new(HashMap::new()),
+            rng: Cell::new(1),
         }
+    }
+
+    fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
+    }
+
+    /// `p2c_ewma`: the power of two choices over the healthy hosts on the shared latency
+    /// estimates and this worker's in-flight counts. Returns the selection and its debug note.
+    fn choose_p2c(
+        &self,
+        set: &HostSet,
+        healthy: &[bool],
+        key_hash: Option<u64>,
+        p: &P2c,
+        fallbacks: usize,
+        now: u64,
+    ) -> (Selection, Option<String>) {
+        let mut eligible: Vec<usize> = (0..set.hosts.len())
+            .filter(|h| healthy.get(*h).copied().unwrap_or(true))
+            .collect();
+        let all_unhealthy = eligible.is_empty();
+        if all_unhealthy {
+            eligible = (0..set.hosts.len()).collect();
+        }
+        let ewma = match HostStore.get(&self.keys.ewma) {
+            Ok((bytes, _)) => p2c::decode(bytes.as_deref()),
+            Err(e) => {
+                log::warn!("switchyard hashring: latency estimates unavailable: {e:?}");
+                self.metrics.inc("store_errors");
+                Default::default()
+            }
+        };
+        let in_flight = self.in_flight.borrow();
+        let costs: Vec<f64> = set
+            .hosts
+            .iter()
+            .map(|h| {
+                p2c::cost(
+                    ewma.get(&h.address),
+                    in_flight.get(&h.address).copied().unwrap_or(0),
+                    now,
+                    p.decay_ns,
+                )
+            })
+            .collect();
+        let weights: Vec<u32> = set.hosts.iter().map(|h| h.weight).collect();
+        let home = match (p.affinity, key_hash) {
+            (Some(k), Some(hash)) => set.table.walk(hash).next().map(|h| (h, k)),
+            _ => None,
+        };
+        let (r1, r2) = (self.random(), self.random());
+        let Some(choice) = p2c::choose(&eligible, &weights, &costs, r1, r2, home, fallbacks) else {
+            return (Selection::default(), None);
+        };
+        let note = choice
+            .candidates
+            .iter()
+            .map(|(h, c)| {
+                let addr = set.hosts.get(*h).map_or("-", |x| x.address.as_str());
+                format!("{addr}={:.3}ms", c / 1e6)
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let selection = Selection {
+            hosts: choice.order,
+            all_unhealthy,
+            ..Default::default()
+        };
+        (
+            selection,
+            Some(format!("{}; candidates={note}", choice.reason)),
+        )
     }
 
     fn current(&self) -> Rc<HostSet> {
@@ -337,7 +422,12 @@ impl RootContext for HashringRoot {
                 &runtime.hostset_key,
                 hostset::EMPTY,
             ),
+            (runtime.config.p2c.is_some(), &runtime.keys.ewma, p2c::EMPTY),
         ];
+        // Each worker draws its own candidates.
+        runtime
+            .rng
+            .set(host::now_nanos() ^ runtime.worker.id.rotate_left(29) | 1);
         for (_, key, initial) in wanted.iter().filter(|w| w.0) {
             if let Err(e) = ensure_key(&HostStore, key, initial) {
                 log::warn!("switchyard hashring: cannot create shared data {key}: {e:?}");
@@ -352,7 +442,11 @@ impl RootContext for HashringRoot {
         }
         log::info!(
             "switchyard hashring: {} over {} hosts",
-            runtime.config.algorithm.name(),
+            if runtime.config.p2c.is_some() {
+                "p2c_ewma"
+            } else {
+                runtime.config.algorithm.name()
+            },
             runtime.current().hosts.len()
         );
         self.runtime = Some(Rc::new(runtime));
@@ -377,6 +471,8 @@ impl RootContext for HashringRoot {
             admitted: None,
             listed: Vec::new(),
             upstream_status: None,
+            p2c: None,
+            responded_at: None,
             explain: None,
         }))
     }
@@ -397,6 +493,10 @@ pub struct HashringHttp {
     listed: Vec<usize>,
     /// The response status as it reached this filter from the upstream.
     upstream_status: Option<u64>,
+    /// `p2c_ewma`: the chosen host (its in-flight count is held) and when the request started.
+    p2c: Option<(String, u64)>,
+    /// When the response headers arrived (for the latency sample).
+    responded_at: Option<u64>,
     explain: Option<String>,
 }
 
@@ -483,9 +583,25 @@ impl HttpContext for HashringHttp {
             Output::OriginalDst => 0,
         };
 
-        let selection: Selection = match rt.config.bounded_load {
-            None => select(order(), &healthy, None, fallbacks),
-            Some(factor) => {
+        let mut p2c_note = None;
+        let selection: Selection = match (&rt.config.p2c, rt.config.bounded_load) {
+            (Some(p), _) => {
+                let (sel, note) = rt.choose_p2c(&set, &healthy, key_hash, p, fallbacks, now);
+                self.p2c = sel
+                    .chosen()
+                    .and_then(|c| set.hosts.get(c))
+                    .map(|h| (h.address.clone(), now));
+                if let Some((address, _)) = &self.p2c {
+                    *rt.in_flight
+                        .borrow_mut()
+                        .entry(address.clone())
+                        .or_insert(0) += 1;
+                }
+                p2c_note = note;
+                sel
+            }
+            (None, None) => select(order(), &healthy, None, fallbacks),
+            (None, Some(factor)) => {
                 match state::admit(
                     &HostStore,
                     &rt.keys.loads,
@@ -541,11 +657,14 @@ impl HttpContext for HashringHttp {
         if rt.config.debug_header.is_some() {
             let hash = key_hash.map_or("-".to_string(), |h| format!("{h:016x}"));
             let chosen = addresses.first().copied().unwrap_or("-");
-            let reason = if key_hash.is_none() {
+            let mut reason = if key_hash.is_none() {
                 format!("no_key,{}", selection.reason())
             } else {
                 selection.reason()
             };
+            if let Some(note) = &p2c_note {
+                reason = format!("{reason}; {note}");
+            }
             self.explain = Some(format!(
                 "key={label}; hash={hash}; host={chosen}; reason={reason}; order={}",
                 header_value(&addresses)
@@ -562,6 +681,9 @@ impl HttpContext for HashringHttp {
         if self.set.is_some() && self.upstream_status.is_none() {
             self.upstream_status = host::header(Map::ResponseHeaders, ":status")
                 .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+            if self.p2c.is_some() {
+                self.responded_at = Some(host::now_nanos());
+            }
         }
         if let (Some(rt), Some(explain)) = (&self.runtime, &self.explain) {
             if let Some(name) = &rt.config.debug_header {
@@ -587,6 +709,9 @@ impl HttpContext for HashringHttp {
         if rt.config.health.is_some() {
             self.observe_health(&rt);
         }
+        if let (Some((address, started)), Some(p)) = (self.p2c.take(), &rt.config.p2c) {
+            self.observe_latency(&rt, p, &address, started);
+        }
     }
 }
 
@@ -609,6 +734,48 @@ fn record_metrics(metrics: &Metrics, set: &HostSet, sel: &Selection) {
 }
 
 impl HashringHttp {
+    /// `p2c_ewma`: releases this worker's in-flight count and folds the request's latency (or
+    /// the failure penalty) into the shared estimate of the host that served it.
+    fn observe_latency(&self, rt: &Runtime, p: &P2c, chosen: &str, started: u64) {
+        if let Some(n) = rt.in_flight.borrow_mut().get_mut(chosen) {
+            *n = n.saturating_sub(1);
+        }
+        let Some(served) = host::property_text(&["upstream", "address"]).filter(|s| !s.is_empty())
+        else {
+            return; // never reached an upstream
+        };
+        let now = host::now_nanos();
+        let code = self
+            .upstream_status
+            .or_else(|| host::property_u64(&["response", "code"]))
+            .unwrap_or(0);
+        let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
+        let overloaded = (code == 429 || code == 503)
+            && host::header(Map::ResponseHeaders, "retry-after").is_some();
+        let failed = code >= 500 || flags & UPSTREAM_FAILURE_FLAGS != 0 || overloaded;
+        let sample = if failed {
+            p.failure_penalty_ns
+        } else {
+            match self.responded_at {
+                Some(t) => t.saturating_sub(started).max(1),
+                None => return, // no response and no failure: nothing learned
+            }
+        };
+        let out = cas_update(&HostStore, &rt.keys.ewma, state::CAS_RETRIES, |cur| {
+            let mut map = p2c::decode(cur);
+            let e = map.get(&served).copied().unwrap_or_default();
+            map.insert(served.clone(), e.observe(sample, now, p.decay_ns));
+            // Bounded: only hosts of the current set keep an estimate.
+            if let Some(set) = &self.set {
+                map.retain(|addr, _| set.host_index(addr).is_some());
+            }
+            Update::Write(p2c::encode(&map), ())
+        });
+        if out.result().is_none() {
+            rt.metrics.inc("store_errors");
+        }
+    }
+
     /// Attributes the stream's outcome to the host that served it (`upstream.address`). With
     /// the header output, retries walk the listed hosts in order, so hosts listed before the
     /// one that finally served were tried and failed.

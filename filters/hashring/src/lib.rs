@@ -9,6 +9,7 @@ pub mod filter;
 pub mod hostset;
 pub mod maglev;
 pub mod output;
+pub mod p2c;
 pub mod rendezvous;
 pub mod ring;
 pub mod select;

@@ -39,6 +39,8 @@ pub struct Keys {
     pub health: String,
     /// Counter from which each worker VM claims its number.
     pub workers: String,
+    /// `p2c_ewma`: the shared latency estimates.
+    pub ewma: String,
 }
 
 impl Keys {
@@ -48,6 +50,7 @@ impl Keys {
             loads: format!("switchyard.hashring.{scope}.loads2"),
             health: format!("switchyard.hashring.{scope}.health"),
             workers: format!("switchyard.hashring.{scope}.workers"),
+            ewma: format!("switchyard.hashring.{scope}.ewma"),
         }
     }
 }

@@ -128,3 +128,72 @@ fn keys_are_sticky_across_workers_without_load() {
         assert_eq!(*first, host_for_user);
     }
 }
+
+/// `p2c_ewma` on a virtual clock: one request at a time, each answered after its host's latency.
+/// A host that turns slow loses its share at once (its first slow answer raises its estimate);
+/// after it heals and its estimate fades, it is tried again and gets its share back.
+#[test]
+fn p2c_ewma_avoids_a_slow_host_and_takes_it_back_after_it_heals() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    let mut host = hashring(json!({
+        "algorithm": "p2c_ewma",
+        "hosts": HOSTS.iter().map(|h| json!({"address": h})).collect::<Vec<_>>(),
+        "p2c": {"decay": "2s"},
+        "debug_header": "x-hash-explain"
+    }));
+    let slow = HOSTS[1];
+    // Runs `n` requests, the given host answering after `slow_ms`, the others after 5 ms.
+    let mut run = |host: &mut Host, n: usize, slow_ms: u64| -> BTreeMap<String, usize> {
+        let mut shares = BTreeMap::new();
+        for i in 0..n {
+            let out = host
+                .worker(i % 2)
+                .request()
+                .header("x-user-id", &format!("u{i}"))
+                .hold()
+                .send()
+                .unwrap();
+            let to = chosen(&out);
+            host.set_property("upstream.address", &to);
+            // 4-6 ms with a little deterministic jitter, the slow host `slow_ms` (plus jitter).
+            let jitter = (i as u64 * 7919) % 3;
+            let ms = if to == slow {
+                slow_ms + jitter
+            } else {
+                4 + jitter
+            };
+            host.advance(Duration::from_millis(ms)).unwrap();
+            host.release(out.stream).unwrap();
+            *shares.entry(to).or_insert(0) += 1;
+        }
+        shares
+    };
+    let healthy = run(&mut host, 300, 5);
+    let during = run(&mut host, 300, 100);
+    host.advance(Duration::from_secs(10)).unwrap();
+    let after = run(&mut host, 300, 5);
+    eprintln!("healthy {healthy:?}\nduring {during:?}\nafter {after:?}");
+    let picks = |m: &BTreeMap<String, usize>, h: &str| m.get(h).copied().unwrap_or(0);
+    // Every host is measured and used while all are fast.
+    for h in HOSTS {
+        assert!(picks(&healthy, h) >= 5, "{h} is tried: {healthy:?}");
+    }
+    // A 20x slower host is avoided from its first slow answer: at most 5 % of the requests
+    // (it is re-tried only when its estimate has faded below the others').
+    assert!(picks(&during, slow) <= 15, "{during:?}");
+    // Healed, its faded estimate brings it back into rotation, and fast answers keep it there.
+    assert!(
+        picks(&after, slow) >= picks(&during, slow) + 10,
+        "{during:?} -> {after:?}"
+    );
+    let explain = host
+        .request()
+        .header("x-user-id", "x")
+        .send()
+        .unwrap()
+        .response_header("x-hash-explain")
+        .unwrap_or_default()
+        .to_string();
+    assert!(explain.contains("p2c; candidates="), "{explain}");
+}
