@@ -3,9 +3,12 @@
 //! docs/benchmarks.md. Results go to `target/bench/` (markdown and JSON). Nothing here asserts a goal: the numbers are reported.
 
 mod algo;
+mod balance;
 mod hostcalls;
 mod load;
 mod pin;
+mod rate;
+mod svg;
 mod variants;
 mod wrk;
 
@@ -23,6 +26,7 @@ use variants::Variant;
 
 pub const USAGE: &str = "\
 usage: cargo xtask bench [proxy|algo|memory|hostcalls|all] [options]
+       cargo xtask bench balance [options]   (its options: cargo xtask bench balance --help)
   proxy    every variant (plain, no-op wasm, each filter, the chain, native counterparts) in
            interleaved rounds: Envoy CPU us/request, req/s, p50/p99, non-2xx, RSS
   algo     the native benches of the filter crates: criterion timings (decision, lookup, build
@@ -31,6 +35,8 @@ usage: cargo xtask bench [proxy|algo|memory|hostcalls|all] [options]
   hostcalls what one proxy-wasm host call costs in this Envoy (the probe filter's cost mode
            against the no-op filter, Envoy answering itself): where the filters' time goes
   all      (default) proxy, then memory, then algo
+  balance  10 upstreams, one made 20x slower mid-run: p50/p99/p99.9 per phase for Envoy's
+           ROUND_ROBIN / LEAST_REQUEST and the hashring's ring and p2c_ewma, plus an SVG chart
 options:
   --quick            2 rounds of 2 s (proxy) and 200000 requests (memory)
   --rounds N         proxy rounds (default 5)
@@ -56,6 +62,13 @@ struct Options {
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "balance") {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("{}", balance::USAGE);
+            return Ok(());
+        }
+        return balance::balance(args);
+    }
     let mut what = "all";
     let mut opts = Options {
         rounds: 5,

@@ -174,6 +174,9 @@ fn every_xtask_command_the_docs_mention_exists() {
     );
 }
 
+/// A filter crate's `validate_config`.
+type Validate = fn(&[u8]) -> Result<(), switchyard_core::ConfigError>;
+
 /// The README's `json` examples, in order: ratelimit, router, cache, hashring.
 #[test]
 fn the_readme_examples_are_accepted_by_their_filters() {
@@ -184,7 +187,7 @@ fn the_readme_examples_are_accepted_by_their_filters() {
         .filter_map(|b| b.split_once("\n```").map(|(json, _)| json))
         .collect();
     assert_eq!(examples.len(), 4, "one example per filter");
-    let validators: [(&str, fn(&[u8]) -> Result<(), switchyard_core::ConfigError>); 4] = [
+    let validators: [(&str, Validate); 4] = [
         ("ratelimit", switchyard_ratelimit::validate_config),
         ("router", switchyard_router::validate_config),
         ("cache", switchyard_cache::validate_config),

@@ -583,3 +583,57 @@ fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
     assert!(ups[0].store_fetches("hosts.json") >= 4);
     assert_eq!(rebuilds(), settled + v2());
 }
+
+/// `p2c_ewma` in Envoy (`--concurrency 2`): three hosts at 5 ms, then one 20x slower. Requests
+/// from several threads at once; the slow host's share of the requests that follow falls below
+/// 10 % (a third of its fair share), while every request is still served.
+#[test]
+fn p2c_ewma_sends_little_traffic_to_a_slow_host() {
+    use switchyard_upstream::LatencyProfile;
+    let ups = upstreams();
+    let fast = LatencyProfile {
+        base: Duration::from_millis(5),
+        ..Default::default()
+    };
+    for u in &ups {
+        u.set_latency(fast);
+    }
+    let config = json!({
+        "algorithm": "p2c_ewma",
+        "hosts": ups.iter().map(|u| json!({"address": u.addr().to_string()})).collect::<Vec<_>>(),
+        "p2c": {"decay": "5s"},
+        "debug_header": "x-hash-explain"
+    });
+    let envoy = start(&ups, &config);
+    let share_of_slow = |n: usize| {
+        let results = parallel(n, 6, |i| envoy.get(&format!("/p2c/{i}")));
+        let mut slow = 0;
+        for r in results {
+            let r = r.unwrap();
+            assert_eq!(r.status, 200);
+            if served_by(&r) == ups[1].id() {
+                slow += 1;
+            }
+        }
+        slow as f64 / n as f64
+    };
+    // Warm: every host gets measured.
+    let warm = share_of_slow(150);
+    assert!(warm > 0.05, "the host is used while fast: {warm:.3}");
+    ups[1].set_latency(LatencyProfile {
+        factor: 20.0,
+        ..fast
+    });
+    // Its first slow answers raise its estimate on every worker (the estimate is shared).
+    share_of_slow(60);
+    let slow = share_of_slow(300);
+    assert!(
+        slow < 0.10,
+        "a 20x slower host gets {slow:.3} of the requests"
+    );
+    let explain = get_key(&envoy, "x")
+        .header("x-hash-explain")
+        .unwrap_or_default()
+        .to_string();
+    assert!(explain.contains("candidates="), "{explain}");
+}

@@ -34,6 +34,24 @@
 //!
 //! `304` answers have no body; they are counted and recorded like any other request.
 //!
+//! # Server latency profile
+//! Besides a request's own `delay`, the server can make *every* ordinary request wait
+//! `factor × (base + jitter)` (control endpoints never wait). It is off by default (nothing
+//! changes for servers that do not set it).
+//!
+//! | set with | meaning |
+//! |---|---|
+//! | `--latency 5ms` (binary), [`LatencyProfile::base`] | base latency of every request (`5ms`, `0.5ms`, `1s`; a bare number is milliseconds) |
+//! | `--jitter exp:2ms` | plus an exponentially distributed random part with mean 2 ms |
+//! | `--jitter uniform:2ms` | plus a uniform random part in `[0, 2 ms)`; `none` (default) for no random part |
+//! | `GET /__latency` | answers the profile in force: `{"base_ms": 5.0, "jitter": "exp:2ms", "factor": 1.0}` |
+//! | `GET /__latency?factor=20` | multiply the whole latency by 20 from now on (a slow host, without a restart); `factor=1` restores it |
+//! | `GET /__latency?base=100ms&jitter=none` | replace the base or the jitter at run time |
+//!
+//! `/__latency` takes any method; a bad parameter answers `400` and changes nothing. The
+//! per-request `delay` comes on top of the profile. Tokio's timer rounds each wait up to the
+//! next millisecond. From code: [`Upstream::set_latency`], [`Upstream::latency`].
+//!
 //! # Control endpoints (never counted or recorded)
 //! - `GET /__count` → `{"total": N, "paths": {"/x": 3, ...}}`
 //! - `POST /__reset` → clears counts and recorded requests (the store is kept)
@@ -42,13 +60,16 @@
 //!   a missing name is `404`; `DELETE /__store/<name>` removes it. Fetches are counted separately
 //!   ([`Upstream::store_fetches`]).
 //! - `GET /__health` → `200 {"status": "ok", "upstream": id}`
+//! - `GET /__latency[?factor=F&base=D&jitter=J]` → sets and answers the latency profile (above)
 //!
 //! The methods of [`Upstream`] block; call them from ordinary (non-async) test code.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod latency;
 mod server;
 
+pub use latency::{Jitter, LatencyProfile};
 pub use server::{http_date, RecordedRequest, StoredObject};
 
 use server::{Running, State};
@@ -151,6 +172,16 @@ impl Upstream {
     /// How many times `GET /__store/<name>` was asked (including `304` answers).
     pub fn store_fetches(&self, name: &str) -> u64 {
         self.state.store_fetches(name)
+    }
+
+    /// The latency profile in force (see *Server latency profile*).
+    pub fn latency(&self) -> LatencyProfile {
+        self.state.latency()
+    }
+
+    /// Replaces the latency profile; requests already waiting keep their latency.
+    pub fn set_latency(&self, profile: LatencyProfile) {
+        self.state.set_latency(profile);
     }
 
     pub fn is_running(&self) -> bool {

@@ -1,5 +1,6 @@
 //! The hyper service and the accept loop.
 
+use crate::latency::{LatencyProfile, Random};
 use crate::lock;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -75,6 +76,9 @@ pub(crate) struct State {
     pub(crate) id: String,
     counters: Mutex<Counters>,
     store: Mutex<HashMap<String, StoredObject>>,
+    /// Added to every ordinary request (`--latency`, `--jitter`, `/__latency`).
+    latency: Mutex<LatencyProfile>,
+    random: Random,
 }
 
 impl State {
@@ -83,7 +87,32 @@ impl State {
             id: id.to_string(),
             counters: Mutex::new(Counters::default()),
             store: Mutex::new(HashMap::new()),
+            latency: Mutex::new(LatencyProfile::default()),
+            // Each server its own jitter stream (the id and the start time).
+            random: Random::new(
+                xxhash_rust::xxh64::xxh64(id.as_bytes(), 0)
+                    ^ SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+            ),
         }
+    }
+
+    pub(crate) fn latency(&self) -> LatencyProfile {
+        *lock(&self.latency)
+    }
+
+    pub(crate) fn set_latency(&self, profile: LatencyProfile) {
+        *lock(&self.latency) = profile;
+    }
+
+    /// This request's share of the latency profile (zero without one).
+    fn sample_latency(&self) -> Duration {
+        let profile = self.latency();
+        if profile.is_zero() {
+            return Duration::ZERO;
+        }
+        profile.sample(self.random.next_f64())
     }
 
     pub(crate) fn count(&self) -> u64 {
@@ -342,8 +371,10 @@ async fn handle(
         }
     }
 
-    if let Some(delay) = controls.delay {
-        tokio::time::sleep(delay).await;
+    // The server's latency profile, then the request's own delay.
+    let wait = state.sample_latency() + controls.delay.unwrap_or(Duration::ZERO);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
     if controls.reset {
         return Err(DropConnection);
@@ -455,6 +486,8 @@ fn control(
     } else if path == "/__reset" && method == Method::POST {
         state.reset();
         json_response(StatusCode::OK, serde_json::json!({"reset": true}))
+    } else if path == "/__latency" {
+        latency_endpoint(state, req.query.as_deref())
     } else if let Some(name) = path.strip_prefix("/__store/").filter(|n| !n.is_empty()) {
         store_endpoint(state, method, name, req, body)
     } else {
@@ -465,6 +498,19 @@ fn control(
         resp.headers_mut().insert("x-upstream-id", v);
     }
     Some(resp)
+}
+
+/// `/__latency[?factor=F&base=D&jitter=J]`: applies the parameters (all or none: a bad one
+/// answers 400 and changes nothing) and answers the profile now in force.
+fn latency_endpoint(state: &State, query: Option<&str>) -> Response<Body> {
+    let mut profile = state.latency();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if let Err(e) = profile.apply(&k, &v) {
+            return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": e}));
+        }
+    }
+    state.set_latency(profile);
+    json_response(StatusCode::OK, profile.to_json())
 }
 
 fn store_endpoint(

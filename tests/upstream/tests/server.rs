@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 use switchyard_harness::{Connection, Request};
-use switchyard_upstream::{http_date, Upstream};
+use switchyard_upstream::{http_date, Jitter, LatencyProfile, Upstream};
 
 fn up(id: &str) -> Upstream {
     Upstream::start(id).unwrap()
@@ -291,4 +291,113 @@ fn binary_prints_its_address_and_serves() {
     let _ = child.wait();
     let resp = result.unwrap();
     assert_eq!(resp.header("x-upstream-id"), Some("bin1"));
+}
+
+#[test]
+fn latency_profile_delays_every_request_and_is_changed_at_run_time() {
+    let up = up("u1");
+    assert!(up.latency().is_zero());
+    up.set_latency(LatencyProfile {
+        base: Duration::from_millis(40),
+        jitter: Jitter::Uniform(Duration::from_millis(10)),
+        factor: 1.0,
+    });
+    let timed = |path: &str| {
+        let started = Instant::now();
+        let resp = get(&up, path).send();
+        (resp, started.elapsed())
+    };
+    let (resp, took) = timed("/a");
+    assert_eq!(resp.status, 200);
+    assert!(took >= Duration::from_millis(40), "{took:?}");
+    // The request's own delay comes on top.
+    let (_, took) = timed("/a?delay=100ms");
+    assert!(took >= Duration::from_millis(140), "{took:?}");
+
+    // Control endpoints never wait, and /__latency reports the profile.
+    let (resp, took) = timed("/__latency");
+    assert!(took < Duration::from_millis(40), "{took:?}");
+    let profile = resp.json();
+    assert_eq!(profile["base_ms"], 40.0);
+    assert_eq!(profile["jitter"], "uniform:10ms");
+    assert_eq!(profile["factor"], 1.0);
+
+    // factor=10: the same host ten times slower, without a restart; factor=1 restores it.
+    let resp = get(&up, "/__latency?factor=10").send();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["factor"], 10.0);
+    assert_eq!(up.latency().factor, 10.0);
+    let (_, took) = timed("/a");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    get(&up, "/__latency?factor=1").send();
+    let (_, took) = timed("/a");
+    assert!(
+        took >= Duration::from_millis(40) && took < Duration::from_millis(300),
+        "{took:?}"
+    );
+
+    // base and jitter change at run time too; a bad parameter changes nothing.
+    let resp = get(&up, "/__latency?base=0&jitter=exp:1ms").send();
+    assert_eq!(resp.json()["jitter"], "exp:1ms");
+    assert_eq!(up.latency().base, Duration::ZERO);
+    for bad in [
+        "factor=fast",
+        "jitter=normal:1ms",
+        "speed=2",
+        "factor=2&base=x",
+    ] {
+        let resp = get(&up, &format!("/__latency?{bad}")).send();
+        assert_eq!(resp.status, 400, "{bad}");
+    }
+    assert_eq!(up.latency().factor, 1.0);
+    // Only ordinary requests are counted.
+    assert_eq!(up.count_path("/a"), 4);
+    assert_eq!(up.count_path("/__latency"), 0);
+}
+
+#[test]
+fn binary_takes_a_latency_profile() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard-upstream"))
+        .args([
+            "--id",
+            "slowbin",
+            "--listen",
+            "127.0.0.1:0",
+            "--latency",
+            "30ms",
+            "--jitter",
+            "exp:1ms",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let result = (|| {
+        let addr: std::net::SocketAddr = line
+            .strip_prefix("LISTENING ")
+            .ok_or(format!("unexpected first line {line:?}"))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("bad address in {line:?}: {e}"))?;
+        let profile = Request::new(addr, "GET", "/__latency").send().json();
+        let started = Instant::now();
+        let resp = Request::new(addr, "GET", "/x").send();
+        Ok::<_, String>((profile, resp.status, started.elapsed()))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (profile, status, took) = result.unwrap();
+    assert_eq!(profile["base_ms"], 30.0);
+    assert_eq!(profile["jitter"], "exp:1ms");
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(30), "{took:?}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_switchyard-upstream"))
+        .args(["--jitter", "normal:1ms"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(bad.code(), Some(2));
 }

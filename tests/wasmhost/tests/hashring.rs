@@ -144,7 +144,7 @@ fn p2c_ewma_avoids_a_slow_host_and_takes_it_back_after_it_heals() {
     }));
     let slow = HOSTS[1];
     // Runs `n` requests, the given host answering after `slow_ms`, the others after 5 ms.
-    let mut run = |host: &mut Host, n: usize, slow_ms: u64| -> BTreeMap<String, usize> {
+    let run = |host: &mut Host, n: usize, slow_ms: u64| -> BTreeMap<String, usize> {
         let mut shares = BTreeMap::new();
         for i in 0..n {
             let out = host
