@@ -438,20 +438,7 @@ fn interleaved_rounds(
     let mut children = Supervisor::new();
     let upstreams = start_upstreams(env, &mut children, &run_dir)?;
     let mut variants = variants_for(&upstreams);
-    if let Some(only) = &opts.only {
-        let unknown: Vec<&String> = only
-            .iter()
-            .filter(|n| !variants.iter().any(|v| v.name == n.as_str()))
-            .collect();
-        if !unknown.is_empty() {
-            let known: Vec<&str> = variants.iter().map(|v| v.name).collect();
-            return Err(format!(
-                "--only: unknown variant(s) {unknown:?}; known: {}",
-                known.join(", ")
-            ));
-        }
-        variants.retain(|v| only.iter().any(|n| n == v.name));
-    }
+    keep_only(&mut variants, opts.only.as_deref(), |v| v.name)?;
     let mut running = Vec::new();
     for v in &variants {
         println!("bench: starting envoy for {}", v.name);
@@ -740,6 +727,30 @@ fn memory(env: &Env, opts: &Options) -> Result<()> {
     });
     write_outputs(&env.out_dir, "memory", &md, &json)?;
     println!("{md}");
+    Ok(())
+}
+
+/// `--only`: keeps the named variants, failing on a name no variant has.
+fn keep_only<V>(
+    variants: &mut Vec<V>,
+    only: Option<&[String]>,
+    name: impl Fn(&V) -> &str,
+) -> Result<()> {
+    let Some(only) = only else {
+        return Ok(());
+    };
+    let unknown: Vec<&String> = only
+        .iter()
+        .filter(|n| !variants.iter().any(|v| name(v) == n.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = variants.iter().map(&name).collect();
+        return Err(format!(
+            "--only: unknown variant(s) {unknown:?}; known: {}",
+            known.join(", ")
+        ));
+    }
+    variants.retain(|v| only.iter().any(|n| n == name(v)));
     Ok(())
 }
 

@@ -106,11 +106,12 @@ pub fn static_cluster(name: &str, lb_policy: Option<&str>, ports: &[u16]) -> Str
     )
 }
 
-/// Cluster `web`: u1..u3, host chosen by the `x-upstream-host` request header when present
-/// (round robin otherwise). Shared by the demo and the proxy benchmark. With
+/// Cluster `web` over `ports` (u1..u3 in the demo), host chosen by the `x-upstream-host` request
+/// header when present (round robin otherwise). Shared by the demo and the proxy and balance
+/// benchmarks. With
 /// `strip_override_header` (the demo) an upstream filter removes that header so upstreams never
 /// see it; the benchmark leaves it out (its upstreams ignore the header).
-pub fn web_cluster(ports: &[u16; 3], strip_override_header: bool) -> String {
+pub fn web_cluster(ports: &[u16], strip_override_header: bool) -> String {
     let endpoints: String = ports.iter().map(|p| endpoint(*p)).collect();
     let mut yaml = format!(
         r#"  - name: web

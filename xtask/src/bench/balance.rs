@@ -11,7 +11,8 @@ use super::rate::{self, Outcome, RatePlan, Record};
 use super::svg;
 use super::{envoy_version, free_port, log_file, loopback, machine, pin, wait_for, write_outputs};
 use crate::envoy_config::{
-    bootstrap_yaml, static_cluster, wasm_filter_yaml, Bootstrap, WasmFilter, OVERRIDE_HOST_HEADER,
+    bootstrap_yaml, static_cluster, wasm_filter_yaml, web_cluster, Bootstrap, WasmFilter,
+    OVERRIDE_HOST_HEADER,
 };
 use crate::procs::Supervisor;
 use crate::util::{self, Result};
@@ -176,43 +177,6 @@ fn variants(ports: &[u16]) -> Vec<Variant> {
     ]
 }
 
-/// Cluster `web` over every port: host override on `x-upstream-host` (round robin otherwise),
-/// as in the demo and the proxy benchmark but for any number of hosts.
-fn override_cluster(ports: &[u16]) -> String {
-    let endpoints: String = ports
-        .iter()
-        .map(|p| {
-            format!(
-                "        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {p} }}\n"
-            )
-        })
-        .collect();
-    format!(
-        r#"  - name: web
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: web
-      endpoints:
-      - lb_endpoints:
-{endpoints}    load_balancing_policy:
-      policies:
-      - typed_extension_config:
-          name: envoy.load_balancing_policies.override_host
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
-            override_host_sources:
-            - header: {OVERRIDE_HOST_HEADER}
-            fallback_policy:
-              policies:
-              - typed_extension_config:
-                  name: envoy.load_balancing_policies.round_robin
-                  typed_config:
-                    "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
-"#
-    )
-}
-
 fn envoy_yaml(v: &Variant, dist: &Path, listener: u16, admin: u16, ports: &[u16]) -> String {
     let (filters, cluster) = match &v.hashring {
         Some(config) => (
@@ -224,7 +188,7 @@ fn envoy_yaml(v: &Variant, dist: &Path, listener: u16, admin: u16, ports: &[u16]
                 },
                 10,
             ),
-            override_cluster(ports),
+            web_cluster(ports, false),
         ),
         None => (
             String::new(),
@@ -341,20 +305,7 @@ fn run_all(
     }
     upstreams.check_alive()?;
     let mut variants = variants(&ports);
-    if let Some(only) = &opts.only {
-        let unknown: Vec<&String> = only
-            .iter()
-            .filter(|n| !variants.iter().any(|v| v.name == n.as_str()))
-            .collect();
-        if !unknown.is_empty() {
-            let known: Vec<&str> = variants.iter().map(|v| v.name).collect();
-            return Err(format!(
-                "--only: unknown variant(s) {unknown:?}; known: {}",
-                known.join(", ")
-            ));
-        }
-        variants.retain(|v| only.iter().any(|n| n == v.name));
-    }
+    super::keep_only(&mut variants, opts.only.as_deref(), |v| v.name)?;
     let mut runs = Vec::new();
     for v in &variants {
         set_factor(ports[SLOW], 1.0)?;
