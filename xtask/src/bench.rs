@@ -238,19 +238,12 @@ fn start_envoy(
         variants::envoy_yaml(variant, listener, admin, upstreams),
     )
     .map_err(|e| format!("write {}: {e}", config.display()))?;
-    let mut cmd = Command::new(&env.envoy_bin);
-    if let Some(p) = pin {
-        pin::pin_command(&mut cmd, p);
-    }
-    cmd.arg("-c").arg(&config).args([
-        "--concurrency",
-        "1",
-        "--use-dynamic-base-id",
-        "--log-level",
-        "warn",
-    ]);
-    cmd.stdout(Stdio::null())
-        .stderr(log_file(&run_dir.join(format!("{}.log", variant.name)))?);
+    let cmd = envoy_command(
+        &env.envoy_bin,
+        &config,
+        pin,
+        &run_dir.join(format!("{}.log", variant.name)),
+    )?;
     let pid = children.spawn(&format!("envoy {}", variant.name), cmd)?;
     wait_for(
         &format!("envoy {} (log in {})", variant.name, run_dir.display()),
@@ -728,6 +721,29 @@ fn memory(env: &Env, opts: &Options) -> Result<()> {
     write_outputs(&env.out_dir, "memory", &md, &json)?;
     println!("{md}");
     Ok(())
+}
+
+/// A benchmark Envoy: one worker, a dynamic base id, warnings only, stderr to `log`, pinned to
+/// its own CPU when `pin` is set.
+fn envoy_command(
+    envoy_bin: &Path,
+    config: &Path,
+    pin: Option<&pin::Pinning>,
+    log: &Path,
+) -> Result<Command> {
+    let mut cmd = Command::new(envoy_bin);
+    if let Some(p) = pin {
+        pin::pin_command(&mut cmd, p);
+    }
+    cmd.arg("-c").arg(config).args([
+        "--concurrency",
+        "1",
+        "--use-dynamic-base-id",
+        "--log-level",
+        "warn",
+    ]);
+    cmd.stdout(Stdio::null()).stderr(log_file(log)?);
+    Ok(cmd)
 }
 
 /// `--only`: keeps the named variants, failing on a name no variant has.

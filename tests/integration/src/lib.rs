@@ -17,6 +17,11 @@ pub fn upstream(id: &str) -> Upstream {
     }
 }
 
+/// Upstreams `u1`, `u2`, `u3`, each on a free loopback port.
+pub fn three_upstreams() -> Vec<Upstream> {
+    ["u1", "u2", "u3"].iter().map(|id| upstream(id)).collect()
+}
+
 /// Envoy with no filters proxying everything to `up` (cluster `backend`).
 pub fn plain_proxy(up: &Upstream) -> Envoy {
     Envoy::builder().cluster("backend", [up.addr()]).start()

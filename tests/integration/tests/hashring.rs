@@ -14,14 +14,8 @@ use std::time::Duration;
 use switchyard_harness::yaml::{OVERRIDE_HOST_CLUSTER, RETRIES};
 use switchyard_harness::{parallel, wait_until, Cluster, Envoy, Response};
 use switchyard_hashring::config::Config;
+use switchyard_integration::three_upstreams;
 use switchyard_upstream::Upstream;
-
-fn upstreams() -> Vec<Upstream> {
-    ["u1", "u2", "u3"]
-        .iter()
-        .map(|id| Upstream::start(id).unwrap())
-        .collect()
-}
 
 /// The issue's example configuration, pointed at the test upstreams.
 fn issue_config(ups: &[Upstream]) -> Value {
@@ -166,7 +160,7 @@ fn invalid_configuration_is_rejected_naming_the_field() {
 
 #[test]
 fn keys_stick_across_workers_and_across_a_restart() {
-    let ups = upstreams();
+    let ups = three_upstreams();
     let mut config = issue_config(&ups);
     // The load bound deliberately moves a key's requests off its host while that host is
     // busier than the bound allows; concurrent test traffic would trigger it.
@@ -199,7 +193,7 @@ fn keys_stick_across_workers_and_across_a_restart() {
 
 #[test]
 fn distribution_follows_weights_and_metrics_count_picks() {
-    let ups = upstreams();
+    let ups = three_upstreams();
     let mut config = issue_config(&ups);
     // Without the load bound every key goes to its hash choice, so the split is the table's.
     config.as_object_mut().unwrap().remove("bounded_load");
@@ -245,7 +239,7 @@ fn distribution_follows_weights_and_metrics_count_picks() {
 
 #[test]
 fn spoofed_upstream_host_header_is_overwritten_and_stripped() {
-    let ups = upstreams();
+    let ups = three_upstreams();
     let mut config = issue_config(&ups);
     config["hash_key"] = json!([{"header": "x-user-id"}]);
     let envoy = start(&ups, &config);
@@ -306,7 +300,7 @@ fn key_starting_at(envoy: &Envoy, ups: &[Upstream], index: usize) -> (String, Ve
 
 #[test]
 fn retries_walk_the_fallback_list() {
-    let ups = upstreams();
+    let ups = three_upstreams();
     let mut config = issue_config(&ups);
     let obj = config.as_object_mut().unwrap();
     obj.remove("health");
@@ -330,7 +324,7 @@ fn retries_walk_the_fallback_list() {
 
 #[test]
 fn failover_to_next_host_when_upstream_stops_and_return_after_cooldown() {
-    let ups = upstreams();
+    let ups = three_upstreams();
     let mut config = issue_config(&ups);
     config["health"] = json!({"failures": 2, "cooldown": "2s"});
     let envoy = start(&ups, &config);
@@ -371,7 +365,7 @@ fn failover_to_next_host_when_upstream_stops_and_return_after_cooldown() {
 
 #[test]
 fn bounded_load_spills_a_hot_key_and_every_stream_end_releases_its_count() {
-    let ups = upstreams();
+    let ups = three_upstreams();
     let mut config = issue_config(&ups);
     let obj = config.as_object_mut().unwrap();
     obj.remove("health");
@@ -434,7 +428,7 @@ fn bounded_load_spills_a_hot_key_and_every_stream_end_releases_its_count() {
 
 #[test]
 fn original_dst_mode_sends_each_key_to_its_host() {
-    let ups = upstreams();
+    let ups = three_upstreams();
     let config = json!({
         "algorithm": "maglev",
         "hosts": ups.iter().map(|u| json!({"address": u.addr().to_string()})).collect::<Vec<_>>(),
@@ -477,7 +471,7 @@ fn host_list(ups: &[&Upstream]) -> String {
 
 #[test]
 fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
-    let ups = upstreams();
+    let ups = three_upstreams();
     let config = json!({
         "algorithm": "ring",
         "hosts": [{"address": ups[0].addr().to_string()}],
@@ -590,7 +584,7 @@ fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
 #[test]
 fn p2c_ewma_sends_little_traffic_to_a_slow_host() {
     use switchyard_upstream::LatencyProfile;
-    let ups = upstreams();
+    let ups = three_upstreams();
     let fast = LatencyProfile {
         base: Duration::from_millis(5),
         ..Default::default()

@@ -23,6 +23,7 @@ use std::time::Duration;
 use switchyard_harness::yaml::{OVERRIDE_HOST_CLUSTER, RETRIES, ROUTE_BY_CLUSTER_HEADER};
 use switchyard_harness::{eventually, Cluster, Envoy, EnvoyBuilder, WasmFilter};
 use switchyard_hashring::config::Config as HashringConfig;
+use switchyard_integration::three_upstreams;
 use switchyard_upstream::Upstream;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -841,13 +842,6 @@ fn router_survives_obs_text_headers_and_still_routes() {
 
 // ---------------------------------------------------------------------------------------------
 // hashring
-
-fn three_upstreams() -> Vec<Upstream> {
-    ["u1", "u2", "u3"]
-        .iter()
-        .map(|id| Upstream::start(id).unwrap())
-        .collect()
-}
 
 fn hashring_config(ups: &[Upstream]) -> Value {
     json!({

@@ -20,8 +20,8 @@ use crate::{build, envoy, http};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
@@ -280,7 +280,7 @@ fn run_all(
     opts: &Options,
     upstream_bin: &Path,
     dist: &Path,
-    envoy_bin: &PathBuf,
+    envoy_bin: &Path,
     run_dir: &Path,
     pinning: Option<&pin::Pinning>,
 ) -> Result<(Vec<Variant>, Vec<Run>)> {
@@ -314,19 +314,12 @@ fn run_all(
         let config = run_dir.join(format!("{}.yaml", v.name));
         std::fs::write(&config, envoy_yaml(v, dist, listener, admin, &ports))
             .map_err(|e| format!("write {}: {e}", config.display()))?;
-        let mut cmd = Command::new(envoy_bin);
-        if let Some(p) = pinning {
-            pin::pin_command(&mut cmd, p);
-        }
-        cmd.arg("-c").arg(&config).args([
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-            "--log-level",
-            "warn",
-        ]);
-        cmd.stdout(Stdio::null())
-            .stderr(log_file(&run_dir.join(format!("{}.log", v.name)))?);
+        let cmd = super::envoy_command(
+            envoy_bin,
+            &config,
+            pinning,
+            &run_dir.join(format!("{}.log", v.name)),
+        )?;
         println!("bench balance: starting envoy for {}", v.name);
         envoy.spawn(&format!("envoy {}", v.name), cmd)?;
         wait_for(
