@@ -374,6 +374,8 @@ class PluginConfig:
 def istio_checks(r: Rendered, overlay: str, report: Report) -> list[PluginConfig]:
     configs: list[PluginConfig] = []
     by_filter: dict[str, dict] = {}
+    stage_config: dict[str, dict] = {}
+    suites: list[dict] = []
     for wp in r.of_kind("WasmPlugin"):
         spec = wp.get("spec") or {}
         name = res_name(wp)
@@ -392,8 +394,10 @@ def istio_checks(r: Rendered, overlay: str, report: Report) -> list[PluginConfig
                 overlay, name, "spec.url", f"{spec.get('url')!r} is not oci://<registry>/switchyard/<filter>:<tag>"
             )
             continue
-        if m["filter"] not in FILTERS:
-            report.error(overlay, name, "spec.url", f"unknown filter {m['filter']!r} (known: {', '.join(FILTERS)})")
+        if m["filter"] not in FILTERS and m["filter"] != "suite":
+            report.error(
+                overlay, name, "spec.url", f"unknown filter {m['filter']!r} (known: {', '.join(FILTERS)}, suite)"
+            )
             continue
         for required in ("imagePullPolicy", "phase", "priority", "failStrategy"):
             if required not in spec:
@@ -401,22 +405,53 @@ def istio_checks(r: Rendered, overlay: str, report: Report) -> list[PluginConfig
         if not isinstance(spec.get("pluginConfig"), dict):
             report.error(overlay, name, "spec.pluginConfig", "missing: every Switchyard filter needs a configuration")
             continue
-        by_filter[m["filter"]] = wp
-        configs.append(PluginConfig(overlay, name, "spec.pluginConfig", m["filter"], spec["pluginConfig"]))
-        for path, cluster in cluster_refs(spec["pluginConfig"]):
-            check_istio_cluster(r, cluster, wp, f"spec.pluginConfig.{path}", overlay, report)
-        reload = spec["pluginConfig"].get("reload") if m["filter"] == "router" else None
-        if isinstance(reload, dict) and isinstance(reload.get("cluster"), str):
-            # The cluster itself was checked with the other cluster references above.
-            m_reload = ISTIO_CLUSTER_RE.match(reload["cluster"])
-            svc = r.service(m_reload["host"]) if m_reload else None
-            for table in check_reload_source(r, svc, reload, wp, "spec.pluginConfig.reload", overlay, report):
-                configs.append(table)
-                for path, cluster in cluster_refs(table.config):
-                    check_istio_cluster(r, cluster, table.obj or wp, f"{table.field}:{path}", overlay, report)
+        # The suite image runs the filters as stages of one plugin: each stage's configuration
+        # (pluginConfig.stages.<filter>) is checked like that filter's own pluginConfig.
+        if m["filter"] == "suite":
+            stages = spec["pluginConfig"].get("stages")
+            if not isinstance(stages, dict) or not stages:
+                report.error(overlay, name, "spec.pluginConfig.stages", "missing: name the stages to run")
+                continue
+            parts = [(f, stages[f], f"spec.pluginConfig.stages.{f}") for f in FILTERS if f in stages]
+            for unknown in sorted(set(stages) - set(FILTERS)):
+                report.error(overlay, name, f"spec.pluginConfig.stages.{unknown}", "unknown stage")
+            suites.append(wp)
+        else:
+            parts = [(m["filter"], spec["pluginConfig"], "spec.pluginConfig")]
+        for filt, config, field in parts:
+            if not isinstance(config, dict):
+                report.error(overlay, name, field, "expected an object")
+                continue
+            by_filter[filt] = wp
+            stage_config[filt] = config
+            configs.append(PluginConfig(overlay, name, field, filt, config))
+            for path, cluster in cluster_refs(config):
+                check_istio_cluster(r, cluster, wp, f"{field}.{path}", overlay, report)
+            reload = config.get("reload") if filt == "router" else None
+            if isinstance(reload, dict) and isinstance(reload.get("cluster"), str):
+                # The cluster itself was checked with the other cluster references above.
+                m_reload = ISTIO_CLUSTER_RE.match(reload["cluster"])
+                svc = r.service(m_reload["host"]) if m_reload else None
+                for table in check_reload_source(r, svc, reload, wp, f"{field}.reload", overlay, report):
+                    configs.append(table)
+                    for path, cluster in cluster_refs(table.config):
+                        check_istio_cluster(r, cluster, table.obj or wp, f"{table.field}:{path}", overlay, report)
 
-    order = [f for f in FILTERS if f in by_filter]
-    check_istio_order([by_filter[f] for f in order], overlay, report)
+    if suites:
+        # One plugin runs the stages in the documented order itself; mixing it with separate
+        # filter plugins would run some filters twice.
+        separate = [f for f in FILTERS if f in by_filter and by_filter[f] not in suites]
+        if len(suites) > 1 or separate:
+            report.error(
+                overlay,
+                res_name(suites[0]),
+                "spec.url",
+                "the suite plugin must be the only Switchyard WasmPlugin on its workloads "
+                f"(also found: {len(suites) - 1} more suites, separate {separate})",
+            )
+    else:
+        order = [f for f in FILTERS if f in by_filter]
+        check_istio_order([by_filter[f] for f in order], overlay, report)
 
     for gw in r.of_kind("Gateway"):
         check_selector(r, gw, (gw.get("spec") or {}).get("selector"), "spec.selector", overlay, report)
@@ -448,7 +483,7 @@ def istio_checks(r: Rendered, overlay: str, report: Report) -> list[PluginConfig
 
     router = by_filter.get("router")
     if router is not None:
-        header = router["spec"]["pluginConfig"].get("cluster_header")
+        header = stage_config["router"].get("cluster_header")
         patched = []  # (EnvoyFilter, field path, cluster_header it sets)
         for ef in r.of_kind("EnvoyFilter"):
             for i, patch in enumerate((ef.get("spec") or {}).get("configPatches") or []):
@@ -471,7 +506,7 @@ def istio_checks(r: Rendered, overlay: str, report: Report) -> list[PluginConfig
                 )
     hashring = by_filter.get("hashring")
     if hashring is not None:
-        header = (hashring["spec"]["pluginConfig"].get("output") or {}).get("header")
+        header = (stage_config["hashring"].get("output") or {}).get("header")
         hashed = {
             (((dr.get("spec") or {}).get("trafficPolicy") or {}).get("loadBalancer") or {})
             .get("consistentHash", {})

@@ -254,6 +254,26 @@ fn start_envoy(
     Ok(Running { pid, listener })
 }
 
+/// A cache-hit variant must really hit: the second request for its path carries `Age` (both
+/// Switchyard's cache and Envoy's add it to every hit), or the run stops instead of timing
+/// misses under a hit label.
+fn verify_cache_hit(variant: &Variant, listener: u16) -> Result<()> {
+    if !variant.name.contains("cache-hit") {
+        return Ok(());
+    }
+    let addr = loopback(listener);
+    for attempt in 0..2 {
+        let (status, has_age) = http::get_has_header(addr, variant.path, "age")?;
+        if attempt == 1 && (status != 200 || !has_age) {
+            return Err(format!(
+                "bench: {} is not a cache hit (second GET {}: status {status}, Age header {has_age})",
+                variant.name, variant.path
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// utime + stime of a process, in microseconds.
 fn cpu_us(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -435,14 +455,16 @@ fn interleaved_rounds(
     let mut running = Vec::new();
     for v in &variants {
         println!("bench: starting envoy for {}", v.name);
-        running.push(start_envoy(
+        let r = start_envoy(
             env,
             &mut children,
             &run_dir,
             v,
             &upstreams,
             opts.pin.as_ref(),
-        )?);
+        )?;
+        verify_cache_hit(v, r.listener)?;
+        running.push(r);
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 1..=opts.rounds {
@@ -538,6 +560,23 @@ fn proxy_report(
             continue;
         };
         let (added_a, added_b) = (cpu[a] - plain, cpu[b] - plain);
+        // The run's noise: plain Envoy's own CPU spread over the rounds. A native added cost
+        // inside it is no denominator.
+        let noise = index("plain").map_or(0.0, |i| {
+            let (lo, hi) = spread(&col(i, |s| s.cpu_us_per_req));
+            hi - lo
+        });
+        if added_b > 0.0 && added_b < noise {
+            let _ = writeln!(
+                md,
+                "| {ours} | {theirs} | {added_a:+.1} | {added_b:+.1} | within noise (native added cost below plain's spread of {noise:.1}) |"
+            );
+            ratios.push(
+                json!({"switchyard": ours, "native": theirs, "added_switchyard": added_a,
+                               "added_native": added_b, "ratio": null, "within_noise": noise}),
+            );
+            continue;
+        }
         // A native filter that answers without the upstream (a cache hit, a rejection) costs
         // less than plain proxying; its "added" cost is negative and a ratio of added costs
         // means nothing, so those pairs compare total CPU/request instead.
@@ -558,7 +597,14 @@ fn proxy_report(
     if let Some(c) = index("chain-miss") {
         let _ = writeln!(
             md,
-            "\nAll four chained (miss path): {:.2}x plain Envoy's CPU/request (goal <= 1.5x).",
+            "\nAll four chained as four plugins (miss path): {:.2}x plain Envoy's CPU/request.",
+            cpu[c] / plain.max(1e-9)
+        );
+    }
+    if let Some(c) = index("suite-miss") {
+        let _ = writeln!(
+            md,
+            "All four as stages of the suite module (miss path): {:.2}x plain Envoy's CPU/request (goal <= 1.5x).",
             cpu[c] / plain.max(1e-9)
         );
     }

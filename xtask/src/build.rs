@@ -16,12 +16,20 @@ pub const FILTERS: [&str; 4] = ["ratelimit", "router", "cache", "hashring"];
 /// Test fixture filter, built like the others (→ `dist/probe.wasm`).
 pub const PROBE: &str = "probe";
 
+/// The suite: every filter as a stage of one module (→ `dist/switchyard.wasm`).
+pub const SUITE_PACKAGE: &str = "switchyard-suite";
+pub const SUITE_MODULE: &str = "switchyard.wasm";
+
 pub const UPSTREAM_PACKAGE: &str = "switchyard-upstream";
+
+/// The global rate limit service (`services/rls`), started by `tests/integration/tests/global.rs`.
+pub const RLS_PACKAGE: &str = "switchyard-rls";
 
 /// What a build produced, for the subcommands that run things afterwards.
 pub struct Artifacts {
     pub dist: PathBuf,
     pub upstream_bin: PathBuf,
+    pub rls_bin: PathBuf,
 }
 
 pub fn build() -> Result<Artifacts> {
@@ -62,6 +70,22 @@ pub fn build() -> Result<Artifacts> {
         println!("  {:<16} {:>10}", format!("{f}.wasm"), util::kib(bytes));
     }
 
+    // A cargo invocation of its own: built together with the standalone modules, cargo would
+    // unify the filter crates' features and link their four entry points into the suite.
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        SUITE_PACKAGE,
+    ]))?;
+    let from = wasm_dir.join(format!("{}.wasm", SUITE_PACKAGE.replace('-', "_")));
+    let to = dist.join(SUITE_MODULE);
+    let bytes = std::fs::copy(&from, &to)
+        .map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
+    println!("  {:<16} {:>10}", SUITE_MODULE, util::kib(bytes));
+
     util::run(util::cargo().args(["build", "--release", "-p", UPSTREAM_PACKAGE]))?;
     let upstream_bin = meta.target_dir.join("release").join(UPSTREAM_PACKAGE);
     if !upstream_bin.is_file() {
@@ -71,7 +95,20 @@ pub fn build() -> Result<Artifacts> {
         ));
     }
     println!("Upstream server: {}", upstream_bin.display());
-    Ok(Artifacts { dist, upstream_bin })
+    util::run(util::cargo().args(["build", "--release", "-p", RLS_PACKAGE]))?;
+    let rls_bin = meta.target_dir.join("release").join(RLS_PACKAGE);
+    if !rls_bin.is_file() {
+        return Err(format!(
+            "rate limit service binary missing after build: {}",
+            rls_bin.display()
+        ));
+    }
+    println!("Rate limit service: {}", rls_bin.display());
+    Ok(Artifacts {
+        dist,
+        upstream_bin,
+        rls_bin,
+    })
 }
 
 pub fn package(filter: &str) -> String {

@@ -13,6 +13,9 @@
 //! - `# expect-no-header: NAME` — no response carries NAME.
 //! - `# expect-same: NAME` — at least two responses, all carrying NAME with one and the same value.
 //! - `# expect-output: TEXT` — some line of the output contains TEXT (a body, a stats line).
+//! - `# expect-count: 0..5 TEXT` — for a tally as `sort | uniq -c` prints it (`     12 200 u3`):
+//!   the counts of the lines whose text matches TEXT add up to a number in the range (`40`,
+//!   `0..5`, `4..`). A text with no line counts 0; output without any tally line fails.
 //!
 //! TEXT is a substring, or with a leading `~` a regular expression (`~hits: [1-9]`). The header
 //! and output expectations take a response number, `expect-header@2:`, to look only at the 2nd
@@ -53,6 +56,12 @@ pub enum ClaimKind {
         name: String,
     },
     Output(Pattern),
+    /// `expect-count`: the tally lines matching the pattern add up to `min..=max`.
+    Count {
+        min: u64,
+        max: Option<u64>,
+        pattern: Pattern,
+    },
 }
 
 /// A substring, or a regular expression (`~...`).
@@ -233,10 +242,28 @@ fn directive(comment: &str) -> Result<Option<Directive>, String> {
             }
             ClaimKind::Output(Pattern::parse(rest)?)
         }
+        "expect-count" => {
+            if response.is_some() {
+                return Err("`expect-count` adds up the whole tally; it takes no number".into());
+            }
+            let (range, text) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            let text = text.trim();
+            let (min, max) = parse_range(range).ok_or_else(|| {
+                format!("`{range}` is not a count or range (`40`, `0..5`, `4..`)")
+            })?;
+            if text.is_empty() {
+                return Err("`expect-count` needs the text of the lines to add up".into());
+            }
+            ClaimKind::Count {
+                min,
+                max,
+                pattern: Pattern::parse(text)?,
+            }
+        }
         other => {
             return Err(format!(
                 "unknown expectation `{other}` (known: expect, expect-header, expect-no-header, \
-                 expect-same, expect-output)"
+                 expect-same, expect-output, expect-count)"
             ))
         }
     };
@@ -245,6 +272,27 @@ fn directive(comment: &str) -> Result<Option<Directive>, String> {
         response,
         kind,
     })))
+}
+
+/// `40`, `0..5` or `4..` as `(min, max)`.
+fn parse_range(range: &str) -> Option<(u64, Option<u64>)> {
+    match range.split_once("..") {
+        None => range.parse().ok().map(|n| (n, Some(n))),
+        Some((min, "")) => min.parse().ok().map(|n| (n, None)),
+        Some((min, max)) => {
+            let (min, max) = (min.parse().ok()?, max.parse().ok()?);
+            (min <= max).then_some((min, Some(max)))
+        }
+    }
+}
+
+/// A line as `uniq -c` prints it: the count and the counted text.
+fn tally_line(line: &str) -> Option<(u64, &str)> {
+    let line = line.trim_start();
+    let digits = line.len() - line.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let count = line[..digits].parse().ok()?;
+    let text = line[digits..].strip_prefix(' ')?;
+    Some((count, text.trim_end()))
 }
 
 fn parse_codes(codes: &str) -> Result<Vec<u16>, String> {
@@ -468,6 +516,31 @@ fn check_claim(claim: &Claim, output: &str, responses: &[Response]) -> Result<()
                 Ok(())
             } else {
                 Err(format!("no line matches {pattern}"))
+            }
+        }
+        ClaimKind::Count { min, max, pattern } => {
+            let tally: Vec<(u64, &str)> = output.lines().filter_map(tally_line).collect();
+            if tally.is_empty() {
+                return Err(
+                    "no tally line (`COUNT TEXT`, as `uniq -c` prints) in the output".into(),
+                );
+            }
+            let total: u64 = tally
+                .iter()
+                .filter(|(_, text)| pattern.matches(text))
+                .map(|(n, _)| n)
+                .sum();
+            if total >= *min && max.is_none_or(|m| total <= m) {
+                Ok(())
+            } else {
+                let wanted = match max {
+                    Some(m) if m == min => format!("{min}"),
+                    Some(m) => format!("{min} to {m}"),
+                    None => format!("at least {min}"),
+                };
+                Err(format!(
+                    "lines matching {pattern} add up to {total}, expected {wanted}"
+                ))
             }
         }
     }
@@ -706,6 +779,32 @@ mod tests {
         let c = |claims: &str| check(&command(None, claims), stats);
         assert!(c("# expect-output: ~switchyard\\.cache\\.hits: [1-9]").is_ok());
         assert!(c("# expect-output: ~switchyard\\.cache\\.misses: [1-9]").is_err());
+    }
+
+    #[test]
+    fn count_claims_add_up_a_tally() {
+        let tally = "     27 200 u1\n     13 200 u2\n";
+        let ok = |claims: &str| check(&command(None, claims), tally);
+        assert!(ok("# expect-count: 40 ~^200 u[123]$").is_ok());
+        assert!(ok("# expect-count: 27 200 u1").is_ok());
+        assert!(ok("# expect-count: 10.. 200 u2").is_ok());
+        // A text without a line counts 0.
+        assert!(ok("# expect-count: 0..5 200 u3").is_ok());
+        let err = ok("# expect-count: 1.. 200 u3").unwrap_err();
+        assert!(err.contains("add up to 0, expected at least 1"), "{err}");
+        let err = ok("# expect-count: 0..5 200 u1").unwrap_err();
+        assert!(err.contains("add up to 27, expected 0 to 5"), "{err}");
+        // Output that is no tally at all is a failure, not a count of 0.
+        let err = check(&command(None, "# expect-count: 0..5 u3"), TWO).unwrap_err();
+        assert!(err.contains("no tally line"), "{err}");
+        for bad in [
+            "# expect-count: 5..1 u3",
+            "# expect-count: x u3",
+            "# expect-count: 3",
+            "# expect-count@1: 3 u3",
+        ] {
+            assert!(parse(&format!("{bad}\ncurl x\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

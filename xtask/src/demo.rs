@@ -4,7 +4,7 @@
 use crate::build::{self, FILTERS};
 use crate::curl_script;
 use crate::envoy;
-use crate::envoy_config::{self, WasmFilter, DEMO_PORTS};
+use crate::envoy_config::{self, WasmFilter, DEMO_PORTS, DEMO_SCOPES};
 use crate::http;
 use crate::procs::Supervisor;
 use crate::util::{self, Result};
@@ -16,14 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const UPSTREAM_IDS: [&str; 3] = ["u1", "u2", "u3"];
+/// Every demo upstream's latency profile (`--latency`, `--jitter`): a realistic few
+/// milliseconds, so that `GET /__latency?factor=20` on one of them makes it a slow host.
+const UPSTREAM_LATENCY: [&str; 4] = ["--latency", "5ms", "--jitter", "exp:1ms"];
 
-/// A filter of the demo chain with its curl lines.
+/// A filter of the demo chain with its curl lines (`None` for a second plugin scope of a
+/// filter's module: its lines are in the filter's file).
 struct DemoFilter {
     filter: WasmFilter,
     curl: Option<PathBuf>,
 }
 
-pub fn demo(check: bool) -> Result<()> {
+pub fn demo(check: bool, suite: bool) -> Result<()> {
     // Installed first so a Ctrl-C during startup still stops whatever was started.
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -45,7 +49,11 @@ pub fn demo(check: bool) -> Result<()> {
     let run_dir = util::workspace_root().join("target").join("demo");
     std::fs::create_dir_all(&run_dir).map_err(|e| format!("create {}: {e}", run_dir.display()))?;
     let config_path = run_dir.join("envoy.yaml");
-    let chain: Vec<WasmFilter> = filters.iter().map(|f| f.filter.clone()).collect();
+    let chain: Vec<WasmFilter> = if suite {
+        suite_chain(&artifacts.dist, &filters)?
+    } else {
+        filters.iter().map(|f| f.filter.clone()).collect()
+    };
     std::fs::write(&config_path, envoy_config::demo_yaml(&chain, &DEMO_PORTS))
         .map_err(|e| format!("write {}: {e}", config_path.display()))?;
     println!("Envoy configuration: {}", config_path.display());
@@ -53,7 +61,8 @@ pub fn demo(check: bool) -> Result<()> {
     let mut children = Supervisor::new();
     for (id, port) in UPSTREAM_IDS.iter().zip(DEMO_PORTS.upstreams) {
         let mut cmd = Command::new(&artifacts.upstream_bin);
-        cmd.args(["--id", id, "--listen", &format!("127.0.0.1:{port}")]);
+        cmd.args(["--id", id, "--listen", &format!("127.0.0.1:{port}")])
+            .args(UPSTREAM_LATENCY);
         redirect(&mut cmd, &run_dir.join(format!("{id}.log")))?;
         let pid = children.spawn(&format!("upstream {id}"), cmd)?;
         println!("started upstream {id} on 127.0.0.1:{port} (pid {pid})");
@@ -93,7 +102,7 @@ pub fn demo(check: bool) -> Result<()> {
         return Err(e);
     }
 
-    let chain_names: Vec<&str> = filters.iter().map(|f| f.filter.name.as_str()).collect();
+    let chain_names: Vec<&str> = chain.iter().map(|f| f.name.as_str()).collect();
     println!();
     println!(
         "Switchyard demo on http://127.0.0.1:{} (admin http://127.0.0.1:{})",
@@ -116,6 +125,56 @@ pub fn demo(check: bool) -> Result<()> {
     }
     children.stop_all();
     outcome
+}
+
+/// `--suite`: the suite module (`dist/switchyard.wasm`) with every filter's demo configuration
+/// as its stage, verbatim. A second plugin scope `<filter>-<scope>` becomes a second suite
+/// plugin `switchyard-<scope>` with that scope's configuration in the filter's place (swapped in
+/// on the scope's routes, as the scope plugin is without the suite). The curl lines and their
+/// expectations are the same as for the four plugins.
+fn suite_chain(dist: &Path, filters: &[DemoFilter]) -> Result<Vec<WasmFilter>> {
+    let wasm = dist.join(build::SUITE_MODULE);
+    if !wasm.is_file() {
+        return Err(format!(
+            "{} is missing (`cargo xtask build` builds it)",
+            wasm.display()
+        ));
+    }
+    let suite = |name: String, stages: &[(&str, &str)]| {
+        let nested: Vec<String> = stages
+            .iter()
+            .map(|(stage, config)| format!("{stage:?}: {}", config.trim()))
+            .collect();
+        WasmFilter {
+            name,
+            wasm: wasm.clone(),
+            configuration: format!("{{\"stages\": {{\n{}\n}}}}\n", nested.join(",\n")),
+        }
+    };
+    let stages: Vec<(&str, &str)> = filters
+        .iter()
+        .filter(|f| FILTERS.contains(&f.filter.name.as_str()))
+        .map(|f| (f.filter.name.as_str(), f.filter.configuration.as_str()))
+        .collect();
+    let mut chain = vec![suite("switchyard".to_owned(), &stages)];
+    for (base, scope) in DEMO_SCOPES {
+        let scoped = format!("{base}-{scope}");
+        let Some(f) = filters.iter().find(|f| f.filter.name == scoped) else {
+            continue;
+        };
+        let swapped: Vec<(&str, &str)> = stages
+            .iter()
+            .map(|&(stage, config)| {
+                if stage == base {
+                    (stage, f.filter.configuration.as_str())
+                } else {
+                    (stage, config)
+                }
+            })
+            .collect();
+        chain.push(suite(format!("switchyard-{scope}"), &swapped));
+    }
+    Ok(chain)
 }
 
 fn display_chain(names: &[&str]) -> String {
@@ -143,16 +202,12 @@ fn demo_filters(dist: &Path) -> Result<Vec<DemoFilter>> {
                 ));
             }
         }
-        let configuration =
-            std::fs::read_to_string(&json).map_err(|e| format!("read {}: {e}", json.display()))?;
-        // Caught here with the file name rather than as a failed VM start in Envoy's log.
-        serde_json::from_str::<serde_json::Value>(&configuration)
-            .map_err(|e| format!("{}: invalid JSON: {e}", json.display()))?;
+        let configuration = read_json(&json)?;
         let curl = demo_dir.join(format!("{name}.curl"));
         found.push(DemoFilter {
             filter: WasmFilter {
                 name: name.to_owned(),
-                wasm,
+                wasm: wasm.clone(),
                 configuration,
             },
             curl: if curl.is_file() {
@@ -161,8 +216,31 @@ fn demo_filters(dist: &Path) -> Result<Vec<DemoFilter>> {
                 return Err(format!("{name}: {} is missing", curl.display()));
             },
         });
+        // Second plugin scopes of this module, right after it (see `DEMO_SCOPES`).
+        for (_, scope) in DEMO_SCOPES.iter().filter(|(base, _)| *base == name) {
+            let scoped = format!("{name}-{scope}");
+            let json = demo_dir.join(format!("{scoped}.json"));
+            found.push(DemoFilter {
+                filter: WasmFilter {
+                    name: scoped,
+                    wasm: wasm.clone(),
+                    configuration: read_json(&json)?,
+                },
+                curl: None,
+            });
+        }
     }
     Ok(found)
+}
+
+/// A demo configuration file, checked to be JSON (caught here with the file name rather than
+/// as a failed VM start in Envoy's log).
+fn read_json(json: &Path) -> Result<String> {
+    let configuration =
+        std::fs::read_to_string(json).map_err(|e| format!("read {}: {e}", json.display()))?;
+    serde_json::from_str::<serde_json::Value>(&configuration)
+        .map_err(|e| format!("{}: invalid JSON: {e}", json.display()))?;
+    Ok(configuration)
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -230,11 +308,13 @@ fn wait_for_interrupt(children: &mut Supervisor, interrupted: &AtomicBool) -> Re
 
 fn print_curl_lines(filters: &[DemoFilter]) {
     for f in filters {
+        let Some(curl) = &f.curl else {
+            continue;
+        };
         println!("\n## {}", f.filter.name);
-        match f.curl.as_ref().map(std::fs::read_to_string) {
-            Some(Ok(text)) => print!("{text}"),
-            Some(Err(e)) => println!("(cannot read curl lines: {e})"),
-            None => println!("(no envoy/demo/{}.curl)", f.filter.name),
+        match std::fs::read_to_string(curl) {
+            Ok(text) => print!("{text}"),
+            Err(e) => println!("(cannot read curl lines: {e})"),
         }
     }
 }
@@ -277,11 +357,10 @@ fn run_checks(filters: &[DemoFilter]) -> Result<()> {
     }
 
     for f in filters {
-        println!("\n## {}", f.filter.name);
         let Some(path) = &f.curl else {
-            println!("(no envoy/demo/{}.curl)", f.filter.name);
             continue;
         };
+        println!("\n## {}", f.filter.name);
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
         let commands = curl_script::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -1,7 +1,8 @@
 //! The demo's Envoy configuration. The topology is fixed so filter engineers can rely on it (see
 //! `envoy/demo-topology.md`): three upstreams, cluster `web` over all three with host override
 //! for the hash filter, single-host clusters for routing, and a route that honours
-//! `x-switchyard-cluster` (set only by the router filter).
+//! `x-switchyard-cluster` (set only by the router filter), plus routes under `/<scope>/` for a
+//! filter's second plugin scope ([`DEMO_SCOPES`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -160,10 +161,73 @@ pub fn web_cluster(ports: &[u16], strip_override_header: bool) -> String {
     yaml
 }
 
+/// Second plugin scopes of a filter's module in the demo, `(filter, scope)`: plugin
+/// `switchyard.<filter>-<scope>` (configuration `envoy/demo/<filter>-<scope>.json`), chained right
+/// after `switchyard.<filter>`, disabled by default and enabled in its place on the routes for
+/// paths under `/<scope>/` (Envoy picks a stream's filters by the route it first matches).
+pub const DEMO_SCOPES: [(&str, &str); 1] = [("hashring", "p2c")];
+
+/// The scope a chained filter is, if it is one of [`DEMO_SCOPES`] and its filter is chained too:
+/// `(base plugin, scope)`. With the suite module (`cargo xtask demo --suite`) the base is the
+/// suite plugin `switchyard` and the scope plugin `switchyard-<scope>` is a second suite whose
+/// stage is the scope's configuration.
+fn scope_of(filter: &str, chain: &[WasmFilter]) -> Option<(String, &'static str)> {
+    DEMO_SCOPES.iter().find_map(|(base, scope)| {
+        [*base, "switchyard"].into_iter().find_map(|b| {
+            (filter == format!("{b}-{scope}") && chain.iter().any(|f| f.name == b))
+                .then(|| (b.to_owned(), *scope))
+        })
+    })
+}
+
+/// Routes for `/<scope>/`, ahead of the others: the same two routes (the router's
+/// `x-switchyard-cluster`, else `web`), with `switchyard.<filter>` disabled and
+/// `switchyard.<filter>-<scope>` enabled.
+fn scope_routes(filter: &str, scope: &str) -> String {
+    let per_filter = format!(
+        r#"                typed_per_filter_config:
+                  switchyard.{filter}:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+                  switchyard.{filter}-{scope}:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    config: {{}}
+"#
+    );
+    format!(
+        r#"              # /{scope}/: switchyard.{filter}-{scope} picks the host instead of switchyard.{filter}.
+              - match:
+                  prefix: "/{scope}/"
+                  headers:
+                  - name: {CLUSTER_HEADER}
+                    present_match: true
+                route:
+                  cluster_header: {CLUSTER_HEADER}
+{per_filter}              - match:
+                  prefix: "/{scope}/"
+                route:
+                  cluster: web
+{per_filter}"#
+    )
+}
+
 /// The whole demo configuration: one listener with `filters` chained in the given order, then
-/// Envoy's router.
+/// Envoy's router. A filter named as one of [`DEMO_SCOPES`] is disabled by default and gets its
+/// routes.
 pub fn demo_yaml(filters: &[WasmFilter], ports: &Ports) -> String {
-    let http_filters: String = filters.iter().map(|f| wasm_filter_yaml(f, 10)).collect();
+    let mut scope_route_yaml = String::new();
+    let mut http_filters = String::new();
+    for f in filters {
+        let yaml = wasm_filter_yaml(f, 10);
+        match scope_of(&f.name, filters) {
+            Some((base, scope)) => {
+                scope_route_yaml.push_str(&scope_routes(&base, scope));
+                let (first, rest) = yaml.split_once('\n').unwrap_or((&yaml, ""));
+                let _ = write!(http_filters, "{first}\n            disabled: true\n{rest}");
+            }
+            None => http_filters.push_str(&yaml),
+        }
+    }
     let mut clusters = web_cluster(&ports.upstreams, true);
     for (name, upstream) in SINGLE_HOST_CLUSTERS {
         clusters.push_str(&static_cluster(name, None, &[ports.upstreams[upstream]]));
@@ -175,7 +239,7 @@ pub fn demo_yaml(filters: &[WasmFilter], ports: &Ports) -> String {
         listener: ports.listener,
         access_log: true,
         routes: &format!(
-            r#"              # Only the router filter sets this header (it overwrites or removes what clients send).
+            r#"{scope_route_yaml}              # Only the router filter sets this header (it overwrites or removes what clients send).
               - match:
                   prefix: "/"
                   headers:
@@ -326,6 +390,29 @@ mod tests {
         assert!(bench.contains(&format!("- header: {OVERRIDE_HOST_HEADER}")));
         let demo = demo_yaml(&[], &DEMO_PORTS);
         assert!(demo.contains(&web_cluster(&DEMO_PORTS.upstreams, true)));
+    }
+
+    #[test]
+    fn a_second_plugin_scope_is_off_by_default_and_swapped_in_on_its_routes() {
+        let chain = [filter("hashring", "{}"), filter("hashring-p2c", "{}")];
+        let yaml = demo_yaml(&chain, &DEMO_PORTS);
+        assert!(
+            yaml.contains("- name: switchyard.hashring-p2c\n            disabled: true\n            typed_config:\n"),
+            "{yaml}"
+        );
+        assert!(!yaml.contains("- name: switchyard.hashring\n            disabled"));
+        // Both /p2c/ routes come first and swap the scopes; the other routes stay as they were.
+        let routes = yaml.split("http_filters:").next().unwrap();
+        assert_eq!(routes.matches("prefix: \"/p2c/\"").count(), 2, "{routes}");
+        assert_eq!(routes.matches("switchyard.hashring:\n").count(), 2);
+        assert_eq!(routes.matches("switchyard.hashring-p2c:\n").count(), 2);
+        assert!(routes.find("/p2c/").unwrap() < routes.find("prefix: \"/\"").unwrap());
+        // Without the filter it belongs to, a scope is chained as an ordinary filter, no routes.
+        let alone = demo_yaml(&[filter("hashring-p2c", "{}")], &DEMO_PORTS);
+        assert!(
+            !alone.contains("/p2c/") && !alone.contains("disabled: true"),
+            "{alone}"
+        );
     }
 
     #[test]

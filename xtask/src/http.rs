@@ -7,6 +7,25 @@ use std::time::Duration;
 
 /// Status code and body of `GET path` on `addr` (the connection is closed after one response).
 pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let text = get_raw(addr, path)?;
+    parse_response(&text)
+}
+
+/// Whether the response to `GET path` carries header `name` (any value), with its status.
+pub fn get_has_header(addr: SocketAddr, path: &str, name: &str) -> Result<(u16, bool)> {
+    let text = get_raw(addr, path)?;
+    let (status, _) = parse_response(&text)?;
+    let head = text
+        .split_once("\r\n\r\n")
+        .map_or(text.as_str(), |(h, _)| h);
+    let found = head.lines().skip(1).any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+    });
+    Ok((status, found))
+}
+
+fn get_raw(addr: SocketAddr, path: &str) -> Result<String> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     stream
@@ -19,7 +38,7 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    parse_response(&String::from_utf8_lossy(&raw))
+    Ok(String::from_utf8_lossy(&raw).into_owned())
 }
 
 fn parse_response(text: &str) -> Result<(u16, String)> {

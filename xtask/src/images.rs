@@ -5,7 +5,8 @@
 //! - `switchyard/envoy:<envoy version>` from the pinned Envoy binary (`docker/envoy/Dockerfile`).
 //! - `switchyard/upstream:<version>`, the upstream test server (`docker/upstream/Dockerfile`).
 //! - `switchyard/<filter>:<version>` per filter: `FROM scratch` + `/plugin.wasm`, the layout
-//!   Istio's `WasmPlugin` accepts (`k8s/images/Dockerfile.filter`).
+//!   Istio's `WasmPlugin` accepts (`k8s/images/Dockerfile.filter`), and `switchyard/suite` holding
+//!   the suite module `dist/switchyard.wasm` the same way.
 //!
 //! Build contexts are staged under `target/docker/` so that only the needed files are sent to
 //! the engine (the workspace's `target/` is gigabytes). docker-compose.yml builds the upstream
@@ -101,6 +102,10 @@ pub fn build_images(artifacts: &Artifacts, envoy_bin: &Path) -> Result<()> {
             format!("dist/{filter}.wasm"),
         ));
     }
+    filter_files.push((
+        artifacts.dist.join(build::SUITE_MODULE),
+        format!("dist/{}", build::SUITE_MODULE),
+    ));
     let filter_refs: Vec<(PathBuf, &str)> = filter_files
         .iter()
         .map(|(from, to)| (from.clone(), to.as_str()))
@@ -109,11 +114,18 @@ pub fn build_images(artifacts: &Artifacts, envoy_bin: &Path) -> Result<()> {
     for filter in build::FILTERS {
         docker_build(&filter_ctx, &filter_image(filter), &[("FILTER", filter)])?;
     }
+    // The suite: `switchyard/suite`, holding dist/switchyard.wasm.
+    docker_build(
+        &filter_ctx,
+        &filter_image("suite"),
+        &[("FILTER", "switchyard")],
+    )?;
 
     println!("Images:");
     for image in [envoy_image(), upstream_image()]
         .into_iter()
         .chain(build::FILTERS.iter().map(|f| filter_image(f)))
+        .chain([filter_image("suite")])
     {
         println!("  {image}");
     }
@@ -292,6 +304,9 @@ mod tests {
         let root = util::workspace_root();
         let compose = std::fs::read_to_string(root.join("envoy/compose.yaml")).unwrap();
         let compose_file = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+        let suite = std::fs::read_to_string(root.join("envoy/compose-suite.yaml")).unwrap();
+        assert!(suite.contains("/etc/switchyard/dist/switchyard.wasm"));
+        assert!(compose_file.contains("./envoy/compose-suite.yaml:/etc/envoy/envoy.yaml"));
         for filter in build::FILTERS {
             let mut demo =
                 std::fs::read_to_string(root.join(format!("envoy/demo/{filter}.json"))).unwrap();
@@ -310,20 +325,29 @@ mod tests {
                     );
                 }
             }
-            let indented: Vec<String> = demo
-                .trim_end()
-                .lines()
-                .map(|l| {
-                    if l.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{:20}{l}", "")
-                    }
-                })
-                .collect();
+            let indented = |by: usize| -> String {
+                let lines: Vec<String> = demo
+                    .trim_end()
+                    .lines()
+                    .filter(|l| by == 20 || !l.is_empty())
+                    .map(|l| {
+                        if l.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{:by$}{l}", "")
+                        }
+                    })
+                    .collect();
+                lines.join("\n")
+            };
             assert!(
-                compose.contains(&indented.join("\n")),
+                compose.contains(&indented(20)),
                 "envoy/compose.yaml does not carry envoy/demo/{filter}.json"
+            );
+            // The suite's Envoy: the same configuration as the stage of that name.
+            assert!(
+                suite.contains(&format!("{:22}\"{filter}\":\n{}", "", indented(24))),
+                "envoy/compose-suite.yaml does not carry envoy/demo/{filter}.json as stages.{filter}"
             );
             assert!(compose.contains(&format!("/etc/switchyard/dist/{filter}.wasm")));
         }

@@ -11,6 +11,7 @@ mod fuzz;
 mod http;
 mod images;
 mod procs;
+mod redis;
 mod test;
 mod tools;
 mod util;
@@ -39,7 +40,9 @@ commands:
                          build, then fuzz every filter module in the wasmtime host (alone and
                          chained) and every configuration parser for about N s; prints cases/s
                          and the seed (a failure prints the case to replay with --seed S)
-  demo [--check]         run 3 upstreams + Envoy with every filter on 127.0.0.1:10000 until Ctrl-C;
+  demo [--suite] [--check]
+                         run 3 upstreams + Envoy with every filter on 127.0.0.1:10000 until Ctrl-C;
+                         --suite loads them as stages of the one suite module (dist/switchyard.wasm);
                          --check runs each filter's curl lines once and exits 0/1
 
 environment:
@@ -106,11 +109,17 @@ fn dispatch(args: &[String]) -> util::Result<()> {
         }
         "bench" => bench::bench(rest),
         "fuzz" => fuzz::fuzz(&fuzz::parse(rest)?),
-        "demo" => match rest {
-            [] => demo::demo(false),
-            [flag] if flag == "--check" => demo::demo(true),
-            _ => Err(format!("unknown arguments {rest:?}\n{USAGE}")),
-        },
+        "demo" => {
+            let (mut check, mut suite) = (false, false);
+            for arg in rest {
+                match arg.as_str() {
+                    "--check" => check = true,
+                    "--suite" => suite = true,
+                    _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
+                }
+            }
+            demo::demo(check, suite)
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -21,6 +21,8 @@ pub fn test(options: &Options) -> Result<()> {
     let artifacts = step("build", build::build)?;
     let envoy_bin = step("envoy", || envoy::ensure(envoy::DEFAULT_VERSION))?;
     let python = step("tools", tools::ensure)?;
+    // The global rate limit tests start their own redis-server processes.
+    step("redis-server", crate::redis::ensure)?;
     // Docker: installed and started here when the machine allows it (kept running until the
     // end of this function, then stopped if this run started it).
     let mut docker_missing: Option<String> = None;
@@ -59,7 +61,8 @@ pub fn test(options: &Options) -> Result<()> {
         }
         cmd.env("ENVOY_BIN", &envoy_bin)
             .env("SWITCHYARD_DIST", &artifacts.dist)
-            .env("SWITCHYARD_UPSTREAM_BIN", &artifacts.upstream_bin);
+            .env("SWITCHYARD_UPSTREAM_BIN", &artifacts.upstream_bin)
+            .env("SWITCHYARD_RLS_BIN", &artifacts.rls_bin);
         python.apply(cmd);
     };
 
@@ -122,6 +125,7 @@ pub fn test(options: &Options) -> Result<()> {
         for f in build::FILTERS.iter().chain([&build::PROBE]) {
             cmd.args(["-p", &build::package(f)]);
         }
+        cmd.args(["-p", build::SUITE_PACKAGE]);
         util::run(cmd.args(["--", "-D", "warnings"]))
     })?;
     step("fmt", || {

@@ -11,7 +11,7 @@ pub mod config;
 pub mod entry;
 // Natively (tests, the integration crate) the glue is compiled and linted but not registered.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-mod filter;
+pub mod filter;
 pub mod key;
 pub mod locks;
 pub mod respond;
@@ -25,7 +25,8 @@ pub fn validate_config(json: &[u8]) -> Result<(), switchyard_core::ConfigError> 
 
 // Only the wasm module registers the entry point: natively several filter rlibs link into one
 // test binary and would export the same `_initialize`.
-#[cfg(target_arch = "wasm32")]
+// The suite module links the filter crates without their entry points (feature `module` off).
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
         Box::new(filter::CacheRoot::new(id))

@@ -6,6 +6,7 @@
 use crate::abi::{self, HostError, Level, Map};
 use crate::request::RequestView;
 use crate::shared::{SharedStore, StoreError};
+use crate::stages::{self, Edit};
 
 pub use crate::abi::{Headers, HostResult};
 
@@ -80,7 +81,7 @@ pub fn init_vm(filter: &'static str, version: &'static str) {
 /// Current host time in nanoseconds since the Unix epoch (Envoy's clock, per worker); 0 if
 /// the host cannot tell.
 pub fn now_nanos() -> u64 {
-    abi::now_nanos().unwrap_or(0)
+    stages::now(|| abi::now_nanos().unwrap_or(0))
 }
 
 /// A property as UTF-8 text, if Envoy has it and it is text.
@@ -93,21 +94,21 @@ pub fn property_text(path: &[&str]) -> Option<String> {
 
 /// The downstream peer address as Envoy reports it (`source.address`).
 pub fn source_address() -> Option<String> {
-    property_text(&["source", "address"])
+    stages::source_address(|| property_text(&["source", "address"]))
 }
 
 /// The current request as a lazy, byte-safe view: the header map is read on the first
 /// question that needs it (one host call), the peer address only if a matcher or key asks.
 /// A host error reads as an empty map.
 pub fn request_view() -> RequestView {
-    RequestView::lazy(
-        Box::new(|| abi::headers(Map::RequestHeaders).unwrap_or_default()),
-        source_address,
-    )
+    RequestView::lazy(Box::new(|| headers(Map::RequestHeaders)), source_address)
 }
 
 /// Reads the plugin configuration bytes (empty if none).
 pub fn plugin_configuration() -> Vec<u8> {
+    if let Some(stage_config) = stages::config() {
+        return stage_config;
+    }
     abi::buffer(abi::Buffer::PluginConfiguration, 0, usize::MAX)
         .ok()
         .flatten()
@@ -116,16 +117,27 @@ pub fn plugin_configuration() -> Vec<u8> {
 
 /// Every header of a map (empty on a host error, e.g. a map not available in this phase).
 pub fn headers(map: Map) -> Headers {
+    if map == Map::RequestHeaders {
+        return stages::request_headers(|| abi::headers(map).unwrap_or_default());
+    }
     abi::headers(map).unwrap_or_default()
 }
 
 /// One header's value (the first, if repeated).
 pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
+    if map == Map::RequestHeaders {
+        if let Some(shared) = stages::shared_request_header(name) {
+            return shared;
+        }
+    }
     abi::header(map, name).ok().flatten()
 }
 
 /// Sets (`Some`) or removes (`None`) a header; a host error is logged at debug level.
 pub fn set_header(map: Map, name: &str, value: Option<&[u8]>) {
+    if map == Map::RequestHeaders {
+        stages::edit_request_header(name, value.map_or(Edit::Remove, Edit::Set));
+    }
     let r = match value {
         Some(v) => abi::set_header(map, name, v),
         None => abi::remove_header(map, name),
@@ -137,6 +149,9 @@ pub fn set_header(map: Map, name: &str, value: Option<&[u8]>) {
 
 /// Appends a header value; a host error is logged at debug level.
 pub fn add_header(map: Map, name: &str, value: &[u8]) {
+    if map == Map::RequestHeaders {
+        stages::edit_request_header(name, Edit::Add(value));
+    }
     if let Err(e) = abi::add_header(map, name, value) {
         log::debug!("switchyard: cannot add header {name} in {map:?}: {e:?}");
     }
@@ -152,7 +167,10 @@ pub fn send_local_response(
     body: &[u8],
 ) -> bool {
     match abi::send_local_response(status, details, headers, body) {
-        Ok(()) => true,
+        Ok(()) => {
+            stages::record_local_reply();
+            true
+        }
         Err(e) => {
             log::warn!("switchyard: local reply {status} refused by the host: {e:?}");
             false
@@ -194,6 +212,15 @@ pub fn http_call_headers() -> Headers {
 
 /// Sets the root context's tick period (a host error is logged).
 pub fn set_tick_period(period: std::time::Duration) {
+    if stages::defer_tick(period) {
+        return;
+    }
+    set_tick_period_now(period);
+}
+
+/// Sets the tick period now, even in suite mode (the suite does, for the shortest its stages
+/// asked for).
+pub fn set_tick_period_now(period: std::time::Duration) {
     let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
     if let Err(e) = abi::set_tick_period_ms(ms) {
         log::warn!("switchyard: cannot set the tick period: {e:?}");
@@ -210,11 +237,24 @@ pub fn property_u64(path: &[&str]) -> Option<u64> {
 /// Makes `context_id` the context later host calls act on (to resume or answer another
 /// request from a root callback). Returns whether the host accepted it.
 pub fn set_effective_context(context_id: u32) -> bool {
-    abi::set_effective_context(context_id).is_ok()
+    let ok = abi::set_effective_context(context_id).is_ok();
+    if ok {
+        stages::set_current(context_id);
+    }
+    ok
 }
 
 /// Resumes the current (effective) paused request; a host error is logged.
 pub fn resume_request() {
+    if stages::defer_resume() {
+        return;
+    }
+    resume_request_now();
+}
+
+/// Resumes the current (effective) paused request now, even in suite mode (the suite does,
+/// once every stage has run).
+pub fn resume_request_now() {
     if let Err(e) = abi::resume_request() {
         log::debug!("switchyard: cannot resume the request: {e:?}");
     }
@@ -263,6 +303,7 @@ pub fn dispatch_http_call(
         timeout,
     )
     .map_err(sdk_error)
+    .inspect(|&token| stages::record_dispatch(token))
 }
 
 /// [`dispatch_http_call`] for header values as bytes. The SDK's call takes text, so a value
@@ -312,6 +353,7 @@ pub fn dispatch_grpc_call(
         timeout,
     )
     .map_err(sdk_error)
+    .inspect(|&token| stages::record_dispatch(token))
 }
 
 #[cfg(target_arch = "wasm32")]

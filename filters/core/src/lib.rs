@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod request;
 pub mod routing;
 pub mod shared;
+pub mod stages;
 pub mod zipf;
 
 pub use config::{parse_config, ConfigError};

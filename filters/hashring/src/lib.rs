@@ -36,7 +36,8 @@ pub fn primary_host(config: &Config, key_value: &str) -> Option<String> {
         .map(|h| h.address.clone())
 }
 
-#[cfg(target_arch = "wasm32")]
+// The suite module links the filter crates without their entry points (feature `module` off).
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
         Box::<filter::HashringRoot>::default()

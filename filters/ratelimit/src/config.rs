@@ -83,6 +83,17 @@ fn default_max_cas_retries() -> u32 {
     32
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Limits kept in this Envoy's shared data.
+    #[default]
+    Local,
+    /// Limits kept by a rate limit service (`envoy.service.ratelimit.v3`), asked per request
+    /// after the rule's local tiers admitted it.
+    Global,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
@@ -93,7 +104,49 @@ struct RawRule {
     key: KeySources,
     #[serde(default)]
     algorithm: Algorithm,
+    #[serde(default)]
     limits: Vec<RawLimit>,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    service: Option<RawService>,
+    #[serde(default)]
+    lease: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    cluster: String,
+    domain: String,
+    #[serde(default)]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    failure_mode: Option<FailureMode>,
+    #[serde(default)]
+    descriptor_keys: Option<Vec<String>>,
+}
+
+/// Default `service.timeout`.
+pub const DEFAULT_GLOBAL_TIMEOUT_MS: u64 = 20;
+/// Longest `service.timeout`.
+pub const MAX_GLOBAL_TIMEOUT_MS: u64 = 10_000;
+/// Largest `lease`.
+pub const MAX_LEASE: u64 = 10_000;
+
+/// Where and how a `scope: global` rule asks the rate limit service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalSpec {
+    /// The Envoy cluster of the service (gRPC, HTTP/2).
+    pub cluster: String,
+    pub domain: String,
+    pub timeout_ns: u64,
+    /// What a failed call (unreachable, timeout, non-OK gRPC status, garbage) decides.
+    pub failure_mode: FailureMode,
+    /// The descriptor entry key of each key part.
+    pub descriptor_keys: Vec<String>,
+    /// Hits taken from the service per call (1: no leasing).
+    pub lease: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,7 +184,10 @@ pub struct Rule {
     pub matcher: Matcher,
     pub key: KeySources,
     pub algorithm: Algorithm,
+    /// Local tiers; may be empty for a `scope: global` rule.
     pub tiers: Vec<Tier>,
+    /// `scope: global`: the service to ask once the local tiers admitted the request.
+    pub global: Option<GlobalSpec>,
     /// Identifies this rule's entries in shared data; changes when the rule's semantics change,
     /// so a reconfigured rule never reads state written under different limits.
     pub tag: u32,
@@ -175,7 +231,7 @@ pub fn parse(json: &[u8]) -> Result<Settings, ConfigError> {
     let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
     for (i, r) in raw.rules.into_iter().enumerate() {
         let at = index_path("rules", i);
-        let rule = compile_rule(r, &at)?;
+        let rule = compile_rule(r, &at, raw.failure_mode)?;
         if rules.iter().any(|other| other.name == rule.name) {
             return Err(ConfigError::new(
                 format!("{at}.name"),
@@ -205,7 +261,7 @@ pub fn parse(json: &[u8]) -> Result<Settings, ConfigError> {
     })
 }
 
-fn compile_rule(r: RawRule, at: &str) -> Result<Rule, ConfigError> {
+fn compile_rule(r: RawRule, at: &str, failure_mode: FailureMode) -> Result<Rule, ConfigError> {
     let name_ok = !r.name.is_empty()
         && r.name.len() <= 64
         && r.name
@@ -217,7 +273,8 @@ fn compile_rule(r: RawRule, at: &str) -> Result<Rule, ConfigError> {
             "must be 1-64 characters of [A-Za-z0-9_-] (it is used in metric names and headers)",
         ));
     }
-    if r.limits.is_empty() {
+    let global = compile_global(&r, at, failure_mode)?;
+    if r.limits.is_empty() && global.is_none() {
         return Err(ConfigError::new(
             format!("{at}.limits"),
             "must list at least one limit",
@@ -241,8 +298,128 @@ fn compile_rule(r: RawRule, at: &str) -> Result<Rule, ConfigError> {
         key: r.key,
         algorithm: r.algorithm,
         tiers,
+        global,
         tag,
     })
+}
+
+/// The descriptor entry key a key part gets by default (Envoy's own names where it has them).
+fn default_descriptor_key(source: &switchyard_core::KeySource) -> String {
+    use switchyard_core::KeySource as K;
+    match source {
+        K::ClientIp { .. } => "remote_address".into(),
+        K::Header(h) => h.to_ascii_lowercase(),
+        K::Cookie(c) => format!("cookie.{c}"),
+        K::Query(q) => format!("query.{q}"),
+        K::Path => "path".into(),
+        K::Method => "method".into(),
+        K::Authority => "authority".into(),
+        K::Literal(_) => "generic_key".into(),
+        K::Composite(_) => "composite".into(),
+    }
+}
+
+fn compile_global(
+    r: &RawRule,
+    at: &str,
+    failure_mode: FailureMode,
+) -> Result<Option<GlobalSpec>, ConfigError> {
+    match (r.scope, &r.service) {
+        (Scope::Local, None) => {
+            if r.lease.is_some() {
+                return Err(ConfigError::new(
+                    format!("{at}.lease"),
+                    "lease applies to scope \"global\" rules only",
+                ));
+            }
+            Ok(None)
+        }
+        (Scope::Local, Some(_)) => Err(ConfigError::new(
+            format!("{at}.service"),
+            "service applies to scope \"global\" rules only; add \"scope\": \"global\"",
+        )),
+        (Scope::Global, None) => Err(ConfigError::new(
+            format!("{at}.service"),
+            "a scope \"global\" rule needs a service: {\"cluster\": ..., \"domain\": ...}",
+        )),
+        (Scope::Global, Some(s)) => {
+            let sat = format!("{at}.service");
+            if s.cluster.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{sat}.cluster"),
+                    "must name the Envoy cluster of the rate limit service",
+                ));
+            }
+            if s.domain.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{sat}.domain"),
+                    "must not be empty",
+                ));
+            }
+            let timeout_ns = match s.timeout {
+                None => DEFAULT_GLOBAL_TIMEOUT_MS * 1_000_000,
+                Some(t) => {
+                    let ns = t.as_nanos();
+                    if !(1_000_000..=MAX_GLOBAL_TIMEOUT_MS * 1_000_000).contains(&ns) {
+                        return Err(ConfigError::new(
+                            format!("{sat}.timeout"),
+                            format!("must be between 1ms and {MAX_GLOBAL_TIMEOUT_MS}ms, got {t}"),
+                        ));
+                    }
+                    ns
+                }
+            };
+            let parts = &r.key.0;
+            let descriptor_keys = match &s.descriptor_keys {
+                None => parts.iter().map(default_descriptor_key).collect(),
+                Some(keys) => {
+                    if keys.len() != parts.len() {
+                        return Err(ConfigError::new(
+                            format!("{sat}.descriptor_keys"),
+                            format!(
+                                "must name one descriptor key per key part ({} parts, {} names)",
+                                parts.len(),
+                                keys.len()
+                            ),
+                        ));
+                    }
+                    for (j, k) in keys.iter().enumerate() {
+                        if k.is_empty() {
+                            return Err(ConfigError::new(
+                                index_path(&format!("{sat}.descriptor_keys"), j),
+                                "must not be empty",
+                            ));
+                        }
+                    }
+                    keys.clone()
+                }
+            };
+            if parts.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.key"),
+                    "a scope \"global\" rule needs at least one key part (a descriptor needs an entry); use {\"literal\": \"name\"} for one key for everyone",
+                ));
+            }
+            let lease = match r.lease {
+                None => 1,
+                Some(n) if (1..=MAX_LEASE).contains(&n) => n as u32,
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        format!("{at}.lease"),
+                        format!("must be between 1 and {MAX_LEASE}"),
+                    ))
+                }
+            };
+            Ok(Some(GlobalSpec {
+                cluster: s.cluster.clone(),
+                domain: s.domain.clone(),
+                timeout_ns,
+                failure_mode: s.failure_mode.unwrap_or(failure_mode),
+                descriptor_keys,
+                lease,
+            }))
+        }
+    }
 }
 
 fn compile_tier(l: &RawLimit, algorithm: Algorithm, at: &str) -> Result<Tier, ConfigError> {
@@ -488,5 +665,96 @@ mod tests {
             let e = err(json);
             assert!(e.path.starts_with(path), "{json}: got {e}");
         }
+    }
+
+    #[test]
+    fn global_rules() {
+        let s = parse(
+            br#"{"failure_mode":"deny","rules":[{"name":"g","scope":"global",
+              "key":[{"client_ip":{"trusted_hops":0}},{"header":"X-User-Id"},{"query":"t"},{"cookie":"s"},{"literal":"api"},{"path":true}],
+              "service":{"cluster":"rls","domain":"edge"}}]}"#,
+        )
+        .unwrap();
+        let g = s.rules[0].global.as_ref().unwrap();
+        assert!(s.rules[0].tiers.is_empty());
+        assert_eq!(g.cluster, "rls");
+        assert_eq!(g.domain, "edge");
+        assert_eq!(g.timeout_ns, 20_000_000);
+        assert_eq!(g.failure_mode, FailureMode::Deny, "inherits the top level");
+        assert_eq!(g.lease, 1);
+        assert_eq!(
+            g.descriptor_keys,
+            [
+                "remote_address",
+                "x-user-id",
+                "query.t",
+                "cookie.s",
+                "generic_key",
+                "path"
+            ]
+        );
+        let s = parse(
+            br#"{"rules":[{"name":"g","scope":"global","key":[{"header":"x"}],"lease":50,
+              "limits":[{"requests":10,"per":"1s"}],
+              "service":{"cluster":"rls","domain":"d","timeout":"50ms","failure_mode":"deny","descriptor_keys":["user"]}}]}"#,
+        )
+        .unwrap();
+        let g = s.rules[0].global.as_ref().unwrap();
+        assert_eq!(g.timeout_ns, 50_000_000);
+        assert_eq!(g.failure_mode, FailureMode::Deny);
+        assert_eq!(g.lease, 50);
+        assert_eq!(g.descriptor_keys, ["user"]);
+        assert_eq!(s.rules[0].tiers.len(), 1);
+        assert!(s.rules[0].global.is_some());
+    }
+
+    #[test]
+    fn bad_global_configs_name_the_field() {
+        let g =
+            |rule: &str| format!(r#"{{"rules":[{{"name":"g","key":[{{"header":"x"}}],{rule}}}]}}"#);
+        let cases = [
+            (g(r#""scope":"global""#), "rules[0].service"),
+            (g(r#""scope":"global","service":{"cluster":"","domain":"d"}"#), "rules[0].service.cluster"),
+            (g(r#""scope":"global","service":{"domain":"d"}"#), "rules[0].service"),
+            (g(r#""scope":"global","service":{"cluster":"c","domain":""}"#), "rules[0].service.domain"),
+            (g(r#""scope":"global","service":{"cluster":"c","domain":"d","timeout":"0ms"}"#), "rules[0].service.timeout"),
+            (g(r#""scope":"global","service":{"cluster":"c","domain":"d","timeout":"1m"}"#), "rules[0].service.timeout"),
+            (g(r#""scope":"global","service":{"cluster":"c","domain":"d","failure_mode":"maybe"}"#), "rules[0].service.failure_mode"),
+            (g(r#""scope":"global","service":{"cluster":"c","domain":"d","descriptor_keys":["a","b"]}"#), "rules[0].service.descriptor_keys"),
+            (g(r#""scope":"global","service":{"cluster":"c","domain":"d","descriptor_keys":[""]}"#), "rules[0].service.descriptor_keys[0]"),
+            (g(r#""scope":"global","service":{"cluster":"c","domain":"d","colour":1}"#), "rules[0].service.colour"),
+            (g(r#""scope":"global","lease":0,"service":{"cluster":"c","domain":"d"}"#), "rules[0].lease"),
+            (g(r#""scope":"global","lease":100000,"service":{"cluster":"c","domain":"d"}"#), "rules[0].lease"),
+            (g(r#""scope":"everywhere","limits":[{"requests":1,"per":"1s"}]"#), "rules[0].scope"),
+            (g(r#""service":{"cluster":"c","domain":"d"},"limits":[{"requests":1,"per":"1s"}]"#), "rules[0].service"),
+            (g(r#""lease":5,"limits":[{"requests":1,"per":"1s"}]"#), "rules[0].lease"),
+            (g(r#""limits":[]"#), "rules[0].limits"),
+            (
+                r#"{"rules":[{"name":"g","scope":"global","service":{"cluster":"c","domain":"d"}}]}"#.to_string(),
+                "rules[0].key",
+            ),
+        ];
+        for (json, path) in cases {
+            let e = err(&json);
+            assert!(e.path.starts_with(path), "{json}: got {e}");
+        }
+    }
+
+    #[test]
+    fn docs_global_example_is_accepted() {
+        let s = parse(
+            br#"{"rules": [{
+  "name": "per-user-global",
+  "scope": "global",
+  "match": {"path": {"prefix": "/api"}},
+  "key": [{"literal": "api"}, {"header": "x-user-id"}],
+  "limits": [{"requests": 20, "per": "1s"}],
+  "lease": 1,
+  "service": {"cluster": "ratelimit", "domain": "edge", "timeout": "20ms",
+              "failure_mode": "allow", "descriptor_keys": ["generic_key", "user"]}
+}]}"#,
+        )
+        .unwrap();
+        assert!(s.rules[0].global.is_some());
     }
 }

@@ -112,7 +112,8 @@ impl Limiter {
         let matched: Vec<Matched> = rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.matcher.matches(req))
+            // A `scope: global` rule without local tiers is decided by its service only.
+            .filter(|(_, r)| !r.tiers.is_empty() && r.matcher.matches(req))
             .filter_map(|(i, r)| {
                 // A missing key part skips the rule.
                 let key = r.key.composite(req)?;

@@ -10,13 +10,16 @@
 pub mod bucket;
 pub mod config;
 pub mod engine;
+pub mod global;
 pub mod limiter;
 pub mod response;
+pub mod rls_proto;
 
 #[cfg(target_arch = "wasm32")]
-mod filter;
+pub mod filter;
 
-#[cfg(target_arch = "wasm32")]
+// The suite module links the filter crates without their entry points (feature `module` off).
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
         Box::new(filter::RateLimitRoot::default())

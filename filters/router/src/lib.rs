@@ -14,7 +14,8 @@ mod tests;
 
 // Only the wasm module registers the entry point: natively several filter rlibs link into one
 // test binary and would export the same `_initialize`.
-#[cfg(target_arch = "wasm32")]
+// The suite module links the filter crates without their entry points (feature `module` off).
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
         Box::new(filter::RouterRoot::new(context_id))

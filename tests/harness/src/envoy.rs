@@ -507,9 +507,35 @@ impl Envoy {
         lookup_stat(&stats, name)
     }
 
-    /// [`Envoy::stat`], or 0 when the stat does not exist (yet).
+    /// One of Envoy's own counters that Envoy creates only when first charged (such as
+    /// `cluster.<c>.ratelimit.ok`), 0 before that. Not for Switchyard metrics, which exist from
+    /// configuration on: those go through [`Envoy::stat_value`], where a missing one fails.
     pub fn stat_or_zero(&self, name: &str) -> u64 {
+        assert!(
+            !name.starts_with("switchyard.") && !name.starts_with("wasmcustom."),
+            "{name}: a Switchyard metric must exist; use stat_value"
+        );
         self.stat(name).unwrap_or(0)
+    }
+
+    /// [`Envoy::stat`] for a stat that must exist: a missing stat is a test failure naming it
+    /// (and the stats with a similar name), never a silent 0. Every Switchyard metric is defined
+    /// when its filter is configured (per-route and per-host ones when the route or host is
+    /// known), so a missing one is a misspelt name or a filter that did not load.
+    pub fn stat_value(&self, name: &str) -> u64 {
+        let stats = self.stats();
+        match lookup_stat(&stats, name) {
+            Some(v) => v,
+            None => {
+                let tail = name.rsplit('.').next().unwrap_or(name);
+                let similar: Vec<&String> = stats
+                    .keys()
+                    .filter(|k| k.ends_with(tail))
+                    .take(10)
+                    .collect();
+                panic!("Envoy has no stat {name:?} (similar: {similar:?})")
+            }
+        }
     }
 
     /// Envoy's log so far (the `--log-path` file, then anything written to stderr).

@@ -21,7 +21,7 @@
 //! assert_eq!(up.count_path("/hello"), 1);
 //!
 //! // Filter metrics: name with or without the `wasmcustom.` prefix Envoy adds.
-//! assert!(eventually(Duration::from_secs(5), || envoy.stat_or_zero("switchyard.ratelimit.allowed") == 1));
+//! assert!(eventually(Duration::from_secs(5), || envoy.stat_value("switchyard.ratelimit.allowed") == 1));
 //! ```
 //!
 //! # Pieces
@@ -43,7 +43,7 @@
 //!   are an error. Placeholders also work inside the generated config's snippets.
 //! - [`Envoy`]: `listen_addr()`, `admin_addr()`, `get(path)` / `request(method, path)` →
 //!   [`Request`]; `admin(path)`, `admin_post(path)`; `stats()`, `stat(name)`,
-//!   `stat_or_zero(name)`; `log()`, `wait_for_log(needle, timeout)`; `stop()`, `restart()`
+//!   `stat_value(name)` (a missing stat fails), `stat_or_zero(name)` (Envoy's lazily created counters only); `log()`, `wait_for_log(needle, timeout)`; `stop()`, `restart()`
 //!   (same config and ports); `dir()`, `config()`.
 //! - [`Request`] (raw HTTP/1.1 over `TcpStream`): `.header(k, v)` (repeats kept, sent exactly
 //!   as given), `.body(..)`, `.json(&value)`, `.timeout(d)`, `.send()` (panics on I/O error) or
@@ -92,6 +92,8 @@ mod docker;
 mod envoy;
 mod http;
 mod paths;
+pub mod redis;
+pub mod rls;
 mod util;
 pub mod yaml;
 
@@ -100,4 +102,6 @@ pub use docker::Backend;
 pub use envoy::{Envoy, EnvoyBuilder, StartError};
 pub use http::{Connection, Request, Response, DEFAULT_TIMEOUT};
 pub use paths::{dist_dir, envoy_bin, wasm_path, workspace_root};
+pub use redis::Redis;
+pub use rls::{Rls, RlsBuilder};
 pub use util::{eventually, free_port, parallel, wait_until};

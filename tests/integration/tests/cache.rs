@@ -110,9 +110,9 @@ fn hit_across_workers_with_age_and_cache_status() {
         .count();
     assert_eq!(busy_workers, 2, "{stats:?}");
     assert!(eventually(Duration::from_secs(5), || {
-        envoy.stat_or_zero("switchyard.cache.hits") == 30
+        envoy.stat_value("switchyard.cache.hits") == 30
     }));
-    assert!(envoy.stat_or_zero("switchyard.cache.bytes_in_use") > 0);
+    assert!(envoy.stat_value("switchyard.cache.bytes_in_use") > 0);
     // HEAD is answered from the GET entry.
     let head = envoy.request("HEAD", &path).send();
     assert_eq!((head.status, x_cache(&head)), (200, "HIT"));
@@ -412,7 +412,7 @@ fn purge_by_key_prefix_and_tag_requires_the_token() {
         .send();
     assert_eq!(r.json()["purged"], 1, "{url}");
     assert!(!cached(&paths[1]));
-    assert!(envoy.stat_or_zero("switchyard.cache.purges") >= 5);
+    assert!(envoy.stat_value("switchyard.cache.purges") >= 5);
 }
 
 #[test]
@@ -428,15 +428,15 @@ fn max_bytes_holds_under_a_flood_and_large_bodies_stream_intact() {
         let r = r.unwrap();
         assert_eq!((r.status, r.body.len()), (200, 2000));
     }
-    let used = envoy.stat_or_zero("switchyard.cache.bytes_in_use");
+    let used = envoy.stat_value("switchyard.cache.bytes_in_use");
     assert!(used > 0 && used <= 64 * 1024, "bytes in use {used}");
     assert!(
         eventually(Duration::from_secs(5), || envoy
-            .stat_or_zero("switchyard.cache.evictions")
+            .stat_value("switchyard.cache.evictions")
             > 0),
         "evictions {} stores {}",
-        envoy.stat_or_zero("switchyard.cache.evictions"),
-        envoy.stat_or_zero("switchyard.cache.stores")
+        envoy.stat_value("switchyard.cache.evictions"),
+        envoy.stat_value("switchyard.cache.stores")
     );
     // The most recent entries are still served.
     assert_eq!(
@@ -459,7 +459,7 @@ fn max_bytes_holds_under_a_flood_and_large_bodies_stream_intact() {
             assert_eq!(x_cache(&r), "MISS");
         }
     }
-    let used = envoy.stat_or_zero("switchyard.cache.bytes_in_use");
+    let used = envoy.stat_value("switchyard.cache.bytes_in_use");
     assert!(used <= 64 * 1024, "bytes in use {used}");
 }
 
@@ -620,8 +620,8 @@ fn concurrent_slow_large_misses_stay_within_the_collect_budget() {
         assert_eq!(r.body.len(), SIZE, "every body arrives whole");
     }
     // 8 × 200 KiB in flight against a 512 KiB budget: at most two can be collected at once.
-    let exceeded = envoy.stat_or_zero("wasmcustom.switchyard.cache.collect_budget_exceeded");
-    let stores = envoy.stat_or_zero("wasmcustom.switchyard.cache.stores");
+    let exceeded = envoy.stat_value("wasmcustom.switchyard.cache.collect_budget_exceeded");
+    let stores = envoy.stat_value("wasmcustom.switchyard.cache.stores");
     assert!(exceeded >= 5, "passed through uncached: {exceeded}");
     assert!(stores <= 3, "stored: {stores}");
     assert_eq!(exceeded + stores, 8);

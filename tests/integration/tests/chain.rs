@@ -47,13 +47,33 @@ fn hashring_config(hosts: &[&Upstream]) -> Value {
     })
 }
 
-/// The four filters in chain order.
-fn chain(ratelimit: Value, router: Value, cache: Value, hashring: Value) -> EnvoyBuilder {
-    Envoy::builder()
-        .wasm_filter("ratelimit", ratelimit)
-        .wasm_filter("router", router)
-        .wasm_filter("cache", cache)
-        .wasm_filter("hashring", hashring)
+/// How the four filters are loaded: one plugin each, or as the stages of one suite module.
+#[derive(Clone, Copy)]
+enum Mode {
+    Separate,
+    Suite,
+}
+
+/// The four filters in chain order: four plugins, or `dist/switchyard.wasm` with the same four
+/// configurations nested under `stages`.
+fn chain(
+    mode: Mode,
+    ratelimit: Value,
+    router: Value,
+    cache: Value,
+    hashring: Value,
+) -> EnvoyBuilder {
+    match mode {
+        Mode::Separate => Envoy::builder()
+            .wasm_filter("ratelimit", ratelimit)
+            .wasm_filter("router", router)
+            .wasm_filter("cache", cache)
+            .wasm_filter("hashring", hashring),
+        Mode::Suite => Envoy::builder().wasm_filter(
+            "switchyard",
+            json!({"stages": {"ratelimit": ratelimit, "router": router, "cache": cache, "hashring": hashring}}),
+        ),
+    }
 }
 
 fn web_cluster(hosts: &[&Upstream]) -> Cluster {
@@ -97,7 +117,7 @@ fn explain(resp: &Response) -> BTreeMap<String, String> {
 /// The filter's stat for one host (`127.0.0.1:8081` → `host.127_0_0_1_8081.<stat>`).
 fn host_stat(envoy: &Envoy, up: &Upstream, stat: &str) -> u64 {
     let label = up.addr().to_string().replace(['.', ':'], "_");
-    envoy.stat_or_zero(&format!("switchyard.hashring.host.{label}.{stat}"))
+    envoy.stat_value(&format!("switchyard.hashring.host.{label}.{stat}"))
 }
 
 /// For each upstream, a key whose primary host (per the filter's explain header) it is.
@@ -129,8 +149,7 @@ fn key_per_host(envoy: &Envoy, ups: &[&Upstream], path: &str) -> BTreeMap<String
 /// the hashring's health record: `web` keys keep their primary hosts, nothing is ejected, the
 /// API requests are counted in `other_cluster`, and a client's `x-upstream-host` never reaches
 /// an API upstream.
-#[test]
-fn api_traffic_on_shared_hosts_never_ejects_or_skips_web_hosts() {
+fn api_traffic_on_shared_hosts_never_ejects_or_skips_web_hosts(mode: Mode) {
     let ups = start_upstreams(&["u1", "u2", "u3"]);
     let web: Vec<&Upstream> = ups.iter().collect();
     let mut hashring = hashring_config(&web);
@@ -139,7 +158,7 @@ fn api_traffic_on_shared_hosts_never_ejects_or_skips_web_hosts() {
         "routes": [{"name": "api", "match": {"path": {"prefix": "/api/"}}, "action": {"cluster": "api-v1"}}],
         "default": {"cluster": "web"}
     });
-    let envoy = chain(generous_ratelimit(), router, cache_config(), hashring)
+    let envoy = chain(mode, generous_ratelimit(), router, cache_config(), hashring)
         .cluster_with(web_cluster(&web))
         .cluster("api-v1", [ups[0].addr(), ups[1].addr()])
         .route(ROUTE_BY_CLUSTER_HEADER)
@@ -148,7 +167,7 @@ fn api_traffic_on_shared_hosts_never_ejects_or_skips_web_hosts() {
         .start();
 
     let keys = key_per_host(&envoy, &web, "/item");
-    let before_other = envoy.stat_or_zero("switchyard.hashring.other_cluster");
+    let before_other = envoy.stat_value("switchyard.hashring.other_cluster");
 
     // API traffic with the web keys (a hashring acting on it would pick their web hosts).
     let mut api_requests = 0u64;
@@ -199,7 +218,7 @@ fn api_traffic_on_shared_hosts_never_ejects_or_skips_web_hosts() {
     }
     // Every API request was left alone by the hashring, and counted as another cluster's.
     wait_until("other_cluster counts the API requests", WAIT, || {
-        envoy.stat_or_zero("switchyard.hashring.other_cluster") == before_other + api_requests
+        envoy.stat_value("switchyard.hashring.other_cluster") == before_other + api_requests
     });
     // No client-sent x-upstream-host reached any API host.
     for up in &ups[..2] {
@@ -231,8 +250,7 @@ fn api_traffic_on_shared_hosts_never_ejects_or_skips_web_hosts() {
 /// request served by another cluster's round robin from a host later in the key's list was
 /// taken as proof that the hosts before it had failed. Only hosts actually tried count: API
 /// successes must not eject the web host their key hashes to.
-#[test]
-fn api_successes_on_shared_hosts_are_not_failures_of_other_web_hosts() {
+fn api_successes_on_shared_hosts_are_not_failures_of_other_web_hosts(mode: Mode) {
     let ups = start_upstreams(&["u1", "u2", "u3"]);
     let web: Vec<&Upstream> = ups.iter().collect();
     let router = json!({
@@ -240,6 +258,7 @@ fn api_successes_on_shared_hosts_are_not_failures_of_other_web_hosts() {
         "default": {"cluster": "web"}
     });
     let envoy = chain(
+        mode,
         generous_ratelimit(),
         router,
         cache_config(),
@@ -277,8 +296,7 @@ fn api_successes_on_shared_hosts_are_not_failures_of_other_web_hosts() {
 /// (with `default_ttl`) keys on the routing record, so neither side's response is ever served
 /// to the other. The router's own replies (`respond`, 404) and Envoy's own local replies are
 /// never stored, although `default_ttl` would make them cacheable.
-#[test]
-fn canary_responses_are_never_served_to_other_users_and_local_replies_are_not_stored() {
+fn canary_responses_are_never_served_to_other_users_and_local_replies_are_not_stored(mode: Mode) {
     let ups = start_upstreams(&["v1", "v2", "w1"]);
     let (v1, v2, w1) = (&ups[0], &ups[1], &ups[2]);
     let router = json!({
@@ -293,20 +311,26 @@ fn canary_responses_are_never_served_to_other_users_and_local_replies_are_not_st
     });
     let mut cache = cache_config();
     cache["default_ttl"] = json!("60s");
-    let envoy = chain(generous_ratelimit(), router, cache, hashring_config(&[w1]))
-        .cluster_with(web_cluster(&[w1]))
-        .cluster("api-v1", [v1.addr()])
-        .cluster("api-v2", [v2.addr()])
-        // Envoy answers /web/static/ itself (a local reply after the cache saw the request).
-        .route(
-            r#"
+    let envoy = chain(
+        mode,
+        generous_ratelimit(),
+        router,
+        cache,
+        hashring_config(&[w1]),
+    )
+    .cluster_with(web_cluster(&[w1]))
+    .cluster("api-v1", [v1.addr()])
+    .cluster("api-v2", [v2.addr()])
+    // Envoy answers /web/static/ itself (a local reply after the cache saw the request).
+    .route(
+        r#"
             match: { prefix: "/web/static/" }
             direct_response: { status: 200, body: { inline_string: "static" } }
             "#,
-        )
-        .route(ROUTE_BY_CLUSTER_HEADER)
-        .no_default_route()
-        .start();
+    )
+    .route(ROUTE_BY_CLUSTER_HEADER)
+    .no_default_route()
+    .start();
 
     let canary = |path: &str| envoy.get(path).header("x-canary", "always").send();
     let normal = |path: &str| envoy.get(path).send();
@@ -348,7 +372,7 @@ fn canary_responses_are_never_served_to_other_users_and_local_replies_are_not_st
     assert_eq!(v2.count_path("/api/list") + v2.count_path("/api/detail"), 2);
 
     // Local replies are never stored, although default_ttl makes 200 and 404 cacheable.
-    let stores = || envoy.stat_or_zero("switchyard.cache.stores");
+    let stores = || envoy.stat_value("switchyard.cache.stores");
     wait_until("the four API entries are counted", WAIT, || stores() == 4);
     for _ in 0..3 {
         let r = normal("/api/ping");
@@ -372,8 +396,7 @@ fn canary_responses_are_never_served_to_other_users_and_local_replies_are_not_st
 /// within `stale-while-revalidate`, sent with credentials and a host choice of its own, is
 /// refreshed in the background: to the routed cluster and the host that served the entry, with
 /// the rewritten path, without `Authorization` / `Cookie`, ignoring the client's host choice.
-#[test]
-fn stale_while_revalidate_refresh_follows_the_routing_without_credentials() {
+fn stale_while_revalidate_refresh_follows_the_routing_without_credentials(mode: Mode) {
     let ups = start_upstreams(&["w1", "w2", "w3", "fb"]);
     let web: Vec<&Upstream> = ups[..3].iter().collect();
     let fallback = &ups[3];
@@ -384,12 +407,18 @@ fn stale_while_revalidate_refresh_follows_the_routing_without_credentials() {
     });
     let mut cache = cache_config();
     cache["upstream_cluster"] = json!("fallback");
-    let envoy = chain(generous_ratelimit(), router, cache, hashring_config(&web))
-        .cluster_with(web_cluster(&web))
-        .cluster("fallback", [fallback.addr()])
-        .route(ROUTE_BY_CLUSTER_HEADER)
-        .route_to("web")
-        .start();
+    let envoy = chain(
+        mode,
+        generous_ratelimit(),
+        router,
+        cache,
+        hashring_config(&web),
+    )
+    .cluster_with(web_cluster(&web))
+    .cluster("fallback", [fallback.addr()])
+    .route(ROUTE_BY_CLUSTER_HEADER)
+    .route_to("web")
+    .start();
 
     let path = format!(
         "/v1/x?{}",
@@ -453,7 +482,7 @@ fn stale_while_revalidate_refresh_follows_the_routing_without_credentials() {
         // The refresh replaced the entry. No request polls for it: a stale hit on the other
         // worker would start a refresh of its own (they are deduplicated per worker).
         wait_until("the refresh is stored", WAIT, || {
-            envoy.stat_or_zero("switchyard.cache.stores") == 1 + round as u64
+            envoy.stat_value("switchyard.cache.stores") == 1 + round as u64
         });
     }
     // Nothing went to the fallback cluster or to any other web host (the client's choice).
@@ -465,7 +494,7 @@ fn stale_while_revalidate_refresh_follows_the_routing_without_credentials() {
     }
     assert_eq!(owner.count(), 3, "{:?}", everywhere(owner));
     assert_eq!(
-        envoy.stat_or_zero("switchyard.cache.background_revalidations"),
+        envoy.stat_value("switchyard.cache.background_revalidations"),
         2
     );
 }
@@ -473,11 +502,11 @@ fn stale_while_revalidate_refresh_follows_the_routing_without_credentials() {
 /// Scenario 4. The cache serves `stale-if-error` entries when the key's host answers 5xx; the
 /// hashring still sees the host's 5xx (not the cache's stored 200) and ejects the host after
 /// `health.failures`.
-#[test]
-fn a_failing_host_behind_stale_if_error_is_still_ejected() {
+fn a_failing_host_behind_stale_if_error_is_still_ejected(mode: Mode) {
     let ups = start_upstreams(&["u1", "u2", "u3"]);
     let web: Vec<&Upstream> = ups.iter().collect();
     let envoy = chain(
+        mode,
         generous_ratelimit(),
         json!({"default": {"cluster": "web"}}),
         cache_config(),
@@ -528,14 +557,13 @@ fn a_failing_host_behind_stale_if_error_is_still_ejected() {
     let e = explain(&r);
     assert_eq!(e["reason"], "health_skip", "{e:?}");
     assert_ne!(upstream_of(&r), owner.id());
-    assert!(envoy.stat_or_zero("switchyard.cache.stale") >= 2);
+    assert!(envoy.stat_value("switchyard.cache.stale") >= 2);
 }
 
 /// Scenario 5. A POST answered without an upstream — by the router (`respond`), by the rate
 /// limit (429) or by Envoy itself (a route's `direct_response`) — never invalidates cached
 /// entries; a POST that reaches the upstream and succeeds does.
-#[test]
-fn local_replies_to_unsafe_requests_never_invalidate() {
+fn local_replies_to_unsafe_requests_never_invalidate(mode: Mode) {
     let ups = start_upstreams(&["w1"]);
     let web: Vec<&Upstream> = ups.iter().collect();
     let ratelimit = json!({"rules": [
@@ -553,11 +581,17 @@ fn local_replies_to_unsafe_requests_never_invalidate() {
         ],
         "default": {"cluster": "web"}
     });
-    let envoy = chain(ratelimit, router, cache_config(), hashring_config(&web))
-        .cluster_with(web_cluster(&web))
-        // Envoy answers POSTs carrying x-direct itself, after the cache saw the request.
-        .route(
-            r#"
+    let envoy = chain(
+        mode,
+        ratelimit,
+        router,
+        cache_config(),
+        hashring_config(&web),
+    )
+    .cluster_with(web_cluster(&web))
+    // Envoy answers POSTs carrying x-direct itself, after the cache saw the request.
+    .route(
+        r#"
             match:
               prefix: "/items"
               headers:
@@ -565,16 +599,16 @@ fn local_replies_to_unsafe_requests_never_invalidate() {
                 present_match: true
             direct_response: { status: 200, body: { inline_string: "direct" } }
             "#,
-        )
-        .route(ROUTE_BY_CLUSTER_HEADER)
-        .route_to("web")
-        .start();
+    )
+    .route(ROUTE_BY_CLUSTER_HEADER)
+    .route_to("web")
+    .start();
 
     let page = format!("/items?{}", cc("max-age=600"));
     let get = || x_cache(&envoy.get(&page).send()).to_string();
     assert_eq!(get(), "MISS");
     assert_eq!(get(), "HIT");
-    let invalidations = || envoy.stat_or_zero("switchyard.cache.invalidations");
+    let invalidations = || envoy.stat_value("switchyard.cache.invalidations");
 
     // The router's own answers.
     let r = envoy
@@ -630,3 +664,31 @@ fn local_replies_to_unsafe_requests_never_invalidate() {
     assert_eq!(get(), "MISS");
     wait_until("the invalidation is counted", WAIT, || invalidations() >= 1);
 }
+
+/// Every scenario twice: with the four plugins, and with the suite module running the same four
+/// configurations as stages. The same assertions hold for both.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod separate {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Mode::Separate)
+            })*
+        }
+        mod suite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Mode::Suite)
+            })*
+        }
+    };
+}
+
+in_both_modes!(
+    api_traffic_on_shared_hosts_never_ejects_or_skips_web_hosts,
+    api_successes_on_shared_hosts_are_not_failures_of_other_web_hosts,
+    canary_responses_are_never_served_to_other_users_and_local_replies_are_not_stored,
+    stale_while_revalidate_refresh_follows_the_routing_without_credentials,
+    a_failing_host_behind_stale_if_error_is_still_ejected,
+    local_replies_to_unsafe_requests_never_invalidate,
+);

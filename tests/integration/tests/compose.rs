@@ -75,6 +75,9 @@ struct Stack {
     env: Vec<(String, String)>,
     http: SocketAddr,
     admin: SocketAddr,
+    /// `envoy-suite`: the same filters as stages of the suite module.
+    suite_http: SocketAddr,
+    suite_admin: SocketAddr,
     torn_down: bool,
 }
 
@@ -85,10 +88,16 @@ impl Stack {
             std::env::var("ENVOY_IMAGE").unwrap_or_else(|_| OFFLINE_ENVOY_IMAGE.to_string());
         let port = || free_port().expect("free port").to_string();
         let (http, admin) = (port(), port());
+        let (suite_http, suite_admin) = (port(), port());
         let env = vec![
             ("ENVOY_IMAGE".to_string(), envoy_image),
             ("SWITCHYARD_HTTP_PORT".to_string(), http.clone()),
             ("SWITCHYARD_ADMIN_PORT".to_string(), admin.clone()),
+            ("SWITCHYARD_SUITE_HTTP_PORT".to_string(), suite_http.clone()),
+            (
+                "SWITCHYARD_SUITE_ADMIN_PORT".to_string(),
+                suite_admin.clone(),
+            ),
             ("SWITCHYARD_U1_PORT".to_string(), port()),
             ("SWITCHYARD_U2_PORT".to_string(), port()),
             ("SWITCHYARD_U3_PORT".to_string(), port()),
@@ -99,6 +108,8 @@ impl Stack {
             env,
             http: format!("127.0.0.1:{http}").parse().expect("address"),
             admin: format!("127.0.0.1:{admin}").parse().expect("address"),
+            suite_http: format!("127.0.0.1:{suite_http}").parse().expect("address"),
+            suite_admin: format!("127.0.0.1:{suite_admin}").parse().expect("address"),
             torn_down: false,
         };
         // From here on, Drop tears down whatever came up.
@@ -125,16 +136,18 @@ impl Stack {
         cmd
     }
 
-    fn get(&self, path: &str) -> Request {
-        Request::new(self.http, "GET", path).timeout(Duration::from_secs(10))
+    fn wait_ready(&self) {
+        self.wait_envoy_ready(self.http, self.admin);
+        self.wait_envoy_ready(self.suite_http, self.suite_admin);
     }
 
-    fn wait_ready(&self) {
+    fn wait_envoy_ready(&self, http: SocketAddr, admin: SocketAddr) {
+        let get = |path: &str| get(http, path);
         wait_until(
             "Envoy in the compose stack answers /ready",
             Duration::from_secs(120),
             || {
-                Request::new(self.admin, "GET", "/ready")
+                Request::new(admin, "GET", "/ready")
                     .timeout(Duration::from_secs(2))
                     .try_send()
                     .is_ok_and(|r| r.status == 200)
@@ -146,15 +159,9 @@ impl Stack {
             Duration::from_secs(60),
             || {
                 // users → u3, the canary → u2, search → u1.
-                self.get("/users/0")
-                    .try_send()
-                    .is_ok_and(|r| r.status == 200)
-                    && self
-                        .get("/search")
-                        .try_send()
-                        .is_ok_and(|r| r.status == 200)
-                    && self
-                        .get("/api/x")
+                get("/users/0").try_send().is_ok_and(|r| r.status == 200)
+                    && get("/search").try_send().is_ok_and(|r| r.status == 200)
+                    && get("/api/x")
                         .header("x-canary", "always")
                         .try_send()
                         .is_ok_and(|r| r.status == 200)
@@ -211,41 +218,40 @@ impl Drop for Stack {
     }
 }
 
-#[test]
-fn compose_stack_runs_every_filter_and_leaves_nothing_behind() {
-    if docker_deselected() {
-        return;
-    }
-    require_docker();
-    let mut stack = Stack::up();
-    stack.wait_ready();
+fn get(http: SocketAddr, path: &str) -> Request {
+    Request::new(http, "GET", path).timeout(Duration::from_secs(10))
+}
 
+/// What each filter does, through the Envoy at `http` (`envoy` runs the four plugins,
+/// `envoy-suite` the suite module with the same configurations).
+fn every_filter_works(http: SocketAddr, what: &str) {
+    eprintln!("compose: checking every filter through {what} ({http})");
     // ratelimit: /limited allows 2 requests a minute per client, then 429 with Retry-After.
     let statuses: Vec<u16> = (0..3)
-        .map(|_| stack.get("/limited/orders").send().status)
+        .map(|_| get(http, "/limited/orders").send().status)
         .collect();
     assert_eq!(statuses, [200, 200, 429], "rate limit statuses");
-    let limited = stack.get("/limited/orders").send();
+    let limited = get(http, "/limited/orders").send();
     assert_eq!(limited.status, 429);
     assert!(limited.header("retry-after").is_some(), "{limited:?}");
-    assert_eq!(stack.get("/open").send().status, 200, "unlimited route");
+    assert_eq!(get(http, "/open").send().status, 200, "unlimited route");
 
     // cache: a cacheable response is a MISS, then a HIT served without the upstream.
     let path = format!(
         "/compose/cache/{}?header=Cache-Control:max-age%3D60",
         std::process::id()
     );
-    let first = stack.get(&path).send();
+    let first = get(http, &path).send();
     assert_eq!(first.status, 200);
     assert_eq!(first.header("x-cache"), Some("MISS"), "{first:?}");
-    let second = stack.get(&path).send();
+    let second = get(http, &path).send();
     assert_eq!(second.status, 200);
     assert_eq!(second.header("x-cache"), Some("HIT"), "{second:?}");
     assert_eq!(second.body, first.body, "a hit replays the stored body");
 
     // hashring: one key always reaches the same upstream; different keys spread out.
     let pick = |user: &str| {
-        let resp = stack.get("/hash").header("x-user-id", user).send();
+        let resp = get(http, "/hash").header("x-user-id", user).send();
         assert_eq!(resp.status, 200, "{resp:?}");
         resp.upstream()
             .unwrap_or_else(|| panic!("no x-upstream-id: {resp:?}"))
@@ -260,14 +266,27 @@ fn compose_stack_runs_every_filter_and_leaves_nothing_behind() {
 
     // router: the header canary always goes to api-v2 (u2); /users/{id} to users (u3).
     for _ in 0..5 {
-        let canary = stack.get("/api/orders").header("x-canary", "always").send();
+        let canary = get(http, "/api/orders").header("x-canary", "always").send();
         assert_eq!(canary.status, 200);
         assert_eq!(canary.upstream(), Some("u2"), "{canary:?}");
     }
-    let users = stack.get("/users/42").send();
+    let users = get(http, "/users/42").send();
     assert_eq!(users.upstream(), Some("u3"), "{users:?}");
     assert_eq!(users.header("x-served-by"), Some("users"));
     assert_eq!(users.json()["path"], "/v1/users/42", "rewritten path");
+}
+
+#[test]
+fn compose_stack_runs_every_filter_and_leaves_nothing_behind() {
+    if docker_deselected() {
+        return;
+    }
+    require_docker();
+    let mut stack = Stack::up();
+    stack.wait_ready();
+
+    every_filter_works(stack.http, "four plugins");
+    every_filter_works(stack.suite_http, "the suite module");
 
     let out = stack.down();
     assert!(
@@ -289,9 +308,16 @@ fn filter_images_hold_exactly_the_plugin_module() {
     let version = env!("CARGO_PKG_VERSION");
     let scratch =
         std::env::temp_dir().join(format!("switchyard-image-check-{}", std::process::id()));
-    for filter in ["ratelimit", "cache", "router", "hashring"] {
-        let image = format!("switchyard/{filter}:{version}");
-        let dir = scratch.join(filter);
+    // (image name, module in dist/): the suite image holds dist/switchyard.wasm.
+    for (name, filter) in [
+        ("ratelimit", "ratelimit"),
+        ("cache", "cache"),
+        ("router", "router"),
+        ("hashring", "hashring"),
+        ("suite", "switchyard"),
+    ] {
+        let image = format!("switchyard/{name}:{version}");
+        let dir = scratch.join(name);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let archive = dir.join("image.tar");
         let save = output(

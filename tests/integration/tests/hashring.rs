@@ -76,7 +76,7 @@ fn served_by(resp: &Response) -> String {
 /// The filter's stat for one host (`127.0.0.1:8081` → `host.127_0_0_1_8081.<stat>`).
 fn host_stat(envoy: &Envoy, up: &Upstream, stat: &str) -> u64 {
     let label = up.addr().to_string().replace(['.', ':'], "_");
-    envoy.stat_or_zero(&format!("switchyard.hashring.host.{label}.{stat}"))
+    envoy.stat_value(&format!("switchyard.hashring.host.{label}.{stat}"))
 }
 
 /// The host the pure-logic table picks for `key`: the module in Envoy must agree with it.
@@ -281,7 +281,7 @@ fn spoofed_upstream_host_header_is_overwritten_and_stripped() {
         seen.insert(served_by(&r));
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!(envoy.stat_or_zero("switchyard.hashring.no_key") >= 6);
+    assert!(envoy.stat_value("switchyard.hashring.no_key") >= 6);
 }
 
 /// A key whose host list (chosen first) starts with the given upstream index.
@@ -458,7 +458,7 @@ fn original_dst_mode_sends_each_key_to_its_host() {
         .header("x-upstream-host", other.addr().to_string())
         .send();
     assert_eq!(&served_by(&r), owner);
-    assert_eq!(envoy.stat_or_zero("switchyard.hashring.output_errors"), 0);
+    assert_eq!(envoy.stat_value("switchyard.hashring.output_errors"), 0);
 }
 
 fn host_list(ups: &[&Upstream]) -> String {
@@ -498,7 +498,7 @@ fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
     let count = |needle: &str| envoy.log().matches(needle).count() as u64;
     let v1 = || count("host set version 1 with 3 hosts");
     let v2 = || count("host set version 2 with 2 hosts");
-    let rebuilds = || envoy.stat_or_zero("switchyard.hashring.table_rebuilds");
+    let rebuilds = || envoy.stat_value("switchyard.hashring.table_rebuilds");
     let order_len = |key: &str| explain(&get_key(&envoy, key))["order"].split(',').count();
     wait_until(
         "the fetched host set is used",
@@ -529,7 +529,7 @@ fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
 
     // Unchanged list: fetched again (304 thanks to the ETag) but no rebuild, whatever the
     // traffic.
-    let not_modified = || envoy.stat_or_zero("switchyard.hashring.hosts_from_not_modified");
+    let not_modified = || envoy.stat_value("switchyard.hashring.hosts_from_not_modified");
     wait_until("conditional refetches", Duration::from_secs(20), || {
         not_modified() >= 2
     });
@@ -543,7 +543,7 @@ fn hosts_from_refreshes_the_host_set_once_per_change_with_last_good_fallback() {
         r#"[{"address": "127.0.0.1:1", "weight": 0}]"#,
     );
     wait_until("the bad list is rejected", Duration::from_secs(20), || {
-        envoy.stat_or_zero("switchyard.hashring.hosts_from_rejected") >= 1
+        envoy.stat_value("switchyard.hashring.hosts_from_rejected") >= 1
     });
     assert_eq!(key_map(&envoy, &keys, 1), with_three);
     assert_eq!(rebuilds(), settled);

@@ -408,7 +408,7 @@ fn assert_healthy_after(envoy: &Envoy) {
 }
 
 fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy.stat_or_zero(name)
+    envoy.stat_value(name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -979,17 +979,28 @@ fn hashring_survives_obs_text_headers_and_keys_stay_stable() {
 /// The harness's (and every shipped configuration's) `failure_policy: FAIL_RELOAD`.
 #[test]
 fn full_chain_survives_obs_text_headers() {
-    full_chain(None);
+    full_chain(None, false);
+}
+
+/// The same four configurations as stages of the suite module (`dist/switchyard.wasm`).
+#[test]
+fn suite_survives_obs_text_headers() {
+    full_chain(None, true);
 }
 
 /// The same with `failure_policy: FAIL_CLOSED`, where a VM that traps fails every later
 /// request of its worker with `503` (`wasm_fail_stream`) instead of being reloaded.
 #[test]
 fn full_chain_survives_obs_text_headers_fail_closed() {
-    full_chain(Some("failure_policy: FAIL_CLOSED"));
+    full_chain(Some("failure_policy: FAIL_CLOSED"), false);
 }
 
-fn full_chain(policy: Option<&str>) {
+#[test]
+fn suite_survives_obs_text_headers_fail_closed() {
+    full_chain(Some("failure_policy: FAIL_CLOSED"), true);
+}
+
+fn full_chain(policy: Option<&str>, suite: bool) {
     let ups = three_upstreams();
     let filter = |name: &str, config: Value| {
         let f = WasmFilter::new(name).config(&config);
@@ -998,8 +1009,8 @@ fn full_chain(policy: Option<&str>) {
             None => f,
         }
     };
-    let envoy = builder()
-        .wasm(filter(
+    let configs = [
+        (
             "ratelimit",
             json!({"rules": [
                 {"name": "per-user", "match": {"path": {"prefix": "/api"}},
@@ -1007,8 +1018,8 @@ fn full_chain(policy: Option<&str>) {
                 {"name": "per-ip", "match": {"path": {"prefix": "/api"}},
                  "key": [{"client_ip": {"trusted_hops": 2}}], "limits": [{"requests": 1000, "per": "30d"}]}
             ]}),
-        ))
-        .wasm(filter(
+        ),
+        (
             "router",
             json!({
                 "cluster_header": "x-switchyard-cluster",
@@ -1017,15 +1028,31 @@ fn full_chain(policy: Option<&str>) {
                 "default": {"cluster": "web"},
                 "explain": true
             }),
-        ))
-        .wasm(filter("cache", cache_config()))
-        .wasm(filter("hashring", {
+        ),
+        ("cache", cache_config()),
+        ("hashring", {
             let mut config = hashring_config(&ups);
             config["clusters"] = json!(["web"]);
             config["cluster_header"] = json!("x-switchyard-cluster");
             config
-        }))
-        .cluster_with(Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST_CLUSTER))
+        }),
+    ];
+    let mut envoy = builder();
+    if suite {
+        let stages: serde_json::Map<String, Value> = configs
+            .into_iter()
+            .map(|(name, config)| (name.to_string(), config))
+            .collect();
+        envoy = envoy.wasm(filter("switchyard", json!({ "stages": stages })));
+    } else {
+        for (name, config) in configs {
+            envoy = envoy.wasm(filter(name, config));
+        }
+    }
+    let envoy = envoy
+        .cluster_with(
+            Cluster::new("web", ups.iter().map(|u| u.addr())).extra(OVERRIDE_HOST_CLUSTER),
+        )
         .cluster("api-v1", [ups[0].addr()])
         .cluster("api-v2", [ups[1].addr()])
         .cluster("users", [ups[2].addr()])

@@ -24,7 +24,7 @@ use switchyard_upstream::Upstream;
 
 /// In the required chain order (README "Filters in a chain").
 const FILTERS: [&str; 4] = ["ratelimit", "router", "cache", "hashring"];
-const OVERLAYS: [&str; 2] = ["envoy", "istio"];
+const OVERLAYS: [&str; 3] = ["envoy", "istio", "istio-suite"];
 
 /// The Python tools `cargo xtask tools` installs into `SWITCHYARD_TOOLS_DIR` (default
 /// target/tools): a venv at `venv/`, or (where Python has no venv module) a `pip --target` tree

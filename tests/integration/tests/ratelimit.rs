@@ -24,7 +24,7 @@ fn start(config: Value) -> (Upstream, Envoy) {
 }
 
 fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy.stat_or_zero(&format!("switchyard.ratelimit.{name}"))
+    envoy.stat_value(&format!("switchyard.ratelimit.{name}"))
 }
 
 /// `"a";r=1;t=2, "b";r=3;t=4` → {a: {r: 1, t: 2}, b: {...}}.

@@ -213,13 +213,13 @@ fn every_action_in_envoy() {
     );
 
     // Per-route metrics for each outcome.
-    let stat = |n: &str| envoy.stat_or_zero(&format!("switchyard.router.route.{n}"));
+    let stat = |n: &str| envoy.stat_value(&format!("switchyard.router.route.{n}"));
     assert!(eventually(WAIT, || stat("health.responded") == 1));
     assert_eq!(stat("old-docs.redirected"), 1);
     assert_eq!(stat("users.matches"), 1);
     assert_eq!(stat("users.routed"), 1);
     assert_eq!(stat("default.routed"), 3);
-    assert_eq!(envoy.stat_or_zero("switchyard.router.table_version"), 0);
+    assert_eq!(envoy.stat_value("switchyard.router.table_version"), 0);
 }
 
 #[test]
@@ -308,7 +308,7 @@ fn mirror_copies_requests_without_affecting_the_response() {
     assert_eq!(ups.web.count_path("/search"), 1);
     assert_eq!(ups.web.count_path("/search/index"), 1);
     assert!(eventually(WAIT, || envoy
-        .stat_or_zero("switchyard.router.route.shadow.mirrored")
+        .stat_value("switchyard.router.route.shadow.mirrored")
         == 2));
 
     // A dead shadow neither fails nor changes the original.
@@ -342,7 +342,7 @@ fn reload_swaps_tables_and_rejects_bad_ones() {
         ("web", Some("0"))
     );
     wait_until("a failed fetch is counted", WAIT, || {
-        envoy.stat_or_zero("switchyard.router.reloads_failed") >= 1
+        envoy.stat_value("switchyard.router.reloads_failed") >= 1
     });
     assert_eq!(upstream_of(&envoy.get("/page").send()), "web");
 
@@ -359,18 +359,18 @@ fn reload_swaps_tables_and_rejects_bad_ones() {
         let explain = r.header("x-switchyard-route").unwrap();
         assert!(explain.starts_with("v1 route=everything"), "{explain}");
     }
-    assert_eq!(envoy.stat_or_zero("switchyard.router.table_version"), 1);
-    assert!(envoy.stat_or_zero("switchyard.router.reloads_ok") >= 1);
+    assert_eq!(envoy.stat_value("switchyard.router.table_version"), 1);
+    assert!(envoy.stat_value("switchyard.router.reloads_ok") >= 1);
     // Unchanged table: the endpoint answers 304 to If-None-Match.
     wait_until("a 304 is counted", WAIT, || {
-        envoy.stat_or_zero("switchyard.router.reloads_not_modified") >= 1
+        envoy.stat_value("switchyard.router.reloads_not_modified") >= 1
     });
 
     // A bad table (unknown cluster) is rejected with the field named; version 1 stays.
     ups.cfg
         .store_put("routes.json", "application/json", table("no-such-cluster"));
     wait_until("the bad table is rejected", WAIT, || {
-        envoy.stat_or_zero("switchyard.router.reloads_rejected") >= 1
+        envoy.stat_value("switchyard.router.reloads_rejected") >= 1
     });
     // Envoy flushes its log file asynchronously.
     assert!(
@@ -390,13 +390,13 @@ fn reload_swaps_tables_and_rejects_bad_ones() {
         assert_eq!(r.header("x-switchyard-table-version"), Some("1"));
     }
     // The rejected table is not re-counted while it does not change (its ETag is remembered).
-    assert_eq!(envoy.stat_or_zero("switchyard.router.reloads_rejected"), 1);
+    assert_eq!(envoy.stat_value("switchyard.router.reloads_rejected"), 1);
 
     // An unparsable table too.
     ups.cfg
         .store_put("routes.json", "application/json", "{\"routes\": [");
     wait_until("the broken table is rejected", WAIT, || {
-        envoy.stat_or_zero("switchyard.router.reloads_rejected") >= 2
+        envoy.stat_value("switchyard.router.reloads_rejected") >= 2
     });
     assert_eq!(upstream_of(&envoy.get("/page").send()), "users");
 
@@ -408,7 +408,7 @@ fn reload_swaps_tables_and_rejects_bad_ones() {
     });
     let r = envoy.get("/page").send();
     assert_eq!(r.header("x-switchyard-table-version"), Some("2"));
-    assert_eq!(envoy.stat_or_zero("switchyard.router.table_version"), 2);
+    assert_eq!(envoy.stat_value("switchyard.router.table_version"), 2);
 }
 
 /// The ECDS resource file with the router's plugin configuration.

@@ -12,6 +12,7 @@ pub(crate) const OK: i32 = 0;
 pub(crate) const NOT_FOUND: i32 = 1;
 pub(crate) const BAD_ARGUMENT: i32 = 2;
 pub(crate) const SERIALIZATION_FAILURE: i32 = 3;
+pub(crate) const PARSE_FAILURE: i32 = 4;
 pub(crate) const EMPTY: i32 = 7;
 pub(crate) const CAS_MISMATCH: i32 = 8;
 
@@ -41,6 +42,10 @@ pub(crate) const ALLOWED_DURING_INIT: &[(&str, &str)] = &[
 /// Traps, as Envoy does, when the module makes a host call it may not make during
 /// initialisation; the trap fails the worker like any other (a module test fails with it).
 pub(crate) fn restricted(vm: &Vm, module: &str, name: &str) -> Result<()> {
+    *lock(&vm.shared)
+        .host_calls
+        .entry(name.to_owned())
+        .or_default() += 1;
     if !vm.initializing || ALLOWED_DURING_INIT.contains(&(module, name)) {
         return Ok(());
     }
@@ -831,7 +836,9 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
                     write_u32(&mut c, token_ptr, token)?;
                     Ok(OK)
                 }
-                None => Ok(BAD_ARGUMENT),
+                // Envoy's `Context::grpcCall`: an unknown cluster is `ParseFailure` (HTTP
+                // callouts say `BadArgument`).
+                None => Ok(PARSE_FAILURE),
             }
         },
     )?;

@@ -520,6 +520,18 @@ impl Host {
         self.outcome(id)
     }
 
+    /// The client goes away mid-request (Envoy resets the stream): the stream ends like
+    /// [`Host::release`]'s does (`on_done`, `on_log`, `on_delete`; its callouts are cancelled),
+    /// then whatever that caused in other streams runs.
+    pub fn disconnect(&mut self, id: StreamId) -> HostResult<Outcome> {
+        if self.stream_mut(id.worker, id.context).is_none() {
+            return Err(HostError::Usage(format!("no request {id:?} in flight")));
+        }
+        self.finish(id.worker, id.context, true)?;
+        self.settle()?;
+        self.outcome(id)
+    }
+
     /// The current outcome of a request (final once it completed).
     pub fn outcome(&self, id: StreamId) -> HostResult<Outcome> {
         if let Some(done) = self.finished.get(&id) {
@@ -1051,6 +1063,17 @@ impl Host {
             .iter()
             .find(|m| m.name == name && m.kind == crate::state::MetricKind::Histogram)
             .map(|m| m.samples.clone())
+    }
+
+    /// How many times the module called each host function since the last
+    /// [`reset_host_calls`](Self::reset_host_calls), over all workers: what a request costs in
+    /// boundary crossings, deterministic where timings are not.
+    pub fn host_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.shared).host_calls.clone()
+    }
+
+    pub fn reset_host_calls(&mut self) {
+        lock(&self.shared).host_calls.clear();
     }
 
     /// Every defined metric with its value, by name.

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub rng: u64,
     /// Clusters `dispatch_http_call` accepts; `None` accepts every name.
     pub clusters: Option<Vec<String>>,
+    /// How many times the modules called each host function (`proxy_*` and WASI).
+    pub host_calls: std::collections::BTreeMap<String, u64>,
 }
 
 impl Shared {
@@ -81,6 +83,7 @@ impl Shared {
             stderr: Vec::new(),
             rng: 0x5eed_5eed_5eed_5eed,
             clusters: None,
+            host_calls: Default::default(),
         }
     }
 

@@ -45,6 +45,8 @@ const WORKERS: usize = 2;
 /// The chain, outermost first: the documented order (README "Filters in a chain"), as the demo,
 /// compose and `k8s/` run it.
 const CHAIN: [&str; 4] = ["ratelimit", "router", "cache", "hashring"];
+/// The suite module (`dist/switchyard.wasm`) running [`CHAIN`]'s configurations as stages.
+const SUITE: &str = "switchyard";
 
 // ---- settings ----------------------------------------------------------------------------------
 
@@ -96,6 +98,13 @@ fn module_path(filter: &str) -> PathBuf {
 /// Each filter's demo configuration (`envoy/demo/<f>.json`), widened to reach more code.
 /// `chained`: the filter runs in [`CHAIN`], behind the router.
 fn config(filter: &str, chained: bool) -> Value {
+    if filter == SUITE {
+        let stages: serde_json::Map<String, Value> = CHAIN
+            .iter()
+            .map(|f| (f.to_string(), config(f, true)))
+            .collect();
+        return json!({ "stages": stages });
+    }
     let path = switchyard_wasmhost::workspace_root().join(format!("envoy/demo/{filter}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut config: Value = serde_json::from_str(&text).expect("demo config is JSON");
@@ -555,7 +564,7 @@ fn fuzz_target(filters: &[&'static str]) {
         .ok()
         .and_then(|t| t.parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let targets = 5.0;
+    let targets = 6.0;
     let budget = settings
         .seconds
         .map(|s| Duration::from_secs_f64(s * (threads as f64).min(targets) / targets));
@@ -673,6 +682,11 @@ fn fuzz_hashring() {
 #[test]
 fn fuzz_chain() {
     fuzz_target(&CHAIN);
+}
+
+#[test]
+fn fuzz_suite() {
+    fuzz_target(&[SUITE]);
 }
 
 #[test]

@@ -291,7 +291,38 @@ pub fn all(dist: &Path, upstreams: &[u16; 3]) -> Vec<Variant> {
             CHAIN_PATH,
             None,
         ),
+        v(
+            "suite-miss",
+            "the suite module (dist/switchyard.wasm) with the same four stages and configurations as chain-miss",
+            vec![suite(dist, &chain(dist, upstreams))],
+            "",
+            d,
+            CHAIN_PATH,
+            None,
+        ),
+        v(
+            "suite-cache-hit",
+            "the suite module with only the cache stage, every request a hit",
+            vec![suite(dist, &[wasm(dist, "cache", cache_config())])],
+            "",
+            d,
+            CACHEABLE_PATH,
+            Some("native-cache-hit"),
+        ),
     ]
+}
+
+/// The suite module running `filters` (standalone configurations, chain order) as its stages.
+pub fn suite(dist: &Path, filters: &[WasmFilter]) -> WasmFilter {
+    let stages: Vec<String> = filters
+        .iter()
+        .map(|f| format!("{:?}: {}", f.name, f.configuration))
+        .collect();
+    WasmFilter {
+        name: "switchyard".to_owned(),
+        wasm: dist.join("switchyard.wasm"),
+        configuration: format!("{{\"stages\": {{{}}}}}", stages.join(", ")),
+    }
 }
 
 /// The four filters chained in the documented order (`build::FILTERS`, README "Filters in a
