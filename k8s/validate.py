@@ -11,11 +11,13 @@ For every Kustomize overlay under k8s/overlays/ this script
    x-kubernetes-preserve-unknown-fields), and rejects kinds/versions neither source knows,
 4. cross-checks the wiring the filters depend on (plugin selectors match pods, the route honours
    the router's cluster header, cluster names used by filters exist, the host-selection header is
-   the one Envoy hashes), and
+   the one Envoy hashes, the ratelimit filter's global rules reach the switchyard-rls service
+   over an HTTP/2 cluster with a valid gRPC authority), and
 5. writes every filter configuration it finds (WasmPlugin `pluginConfig`, Envoy Wasm
-   `configuration`, the route tables the router reloads) and each plain-Envoy bootstrap as JSON
-   into --out, with index.json / index.tsv naming the filter, kind, resource and field, for the
-   filters' own parsers and Envoy to check (tests/integration/tests/k8s.rs).
+   `configuration`, the route tables the router reloads, the limits file of each switchyard-rls
+   Deployment) and each plain-Envoy bootstrap as JSON into --out, with index.json / index.tsv
+   naming the filter, kind, resource and field, for the filters' (and the service's) own parsers
+   and Envoy to check (tests/integration/tests/k8s.rs).
 
 Errors are printed one per line as `ERROR <overlay>: <Kind>/<name>: <field>: <reason>` and make
 the exit status 1. Needs PyYAML, jsonschema and kubernetes-validate (tests/requirements.txt).
@@ -59,6 +61,11 @@ ISTIO_CLUSTER_RE = re.compile(r"^outbound\|(?P<port>\d+)\|(?P<subset>[^|]*)\|(?P
 WASM_FILE_RE = re.compile(r"^(?P<dir>/.+/(?P<filter>[a-z0-9-]+))/plugin\.wasm$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# The global rate limit service's image: <registry>/switchyard/rls:<tag> (IMAGE_RE's `filter`).
+RLS_IMAGE = "rls"
+# RFC 3986 authority characters. A Wasm gRPC call sends its cluster's name as `:authority`.
+AUTHORITY_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@\[\]%]+$")
 
 
 @dataclass
@@ -231,14 +238,30 @@ def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 def cluster_refs(config: Any) -> Iterator[tuple[str, str]]:
     """Every upstream cluster a filter configuration names: `cluster` fields (routes, weighted
-    splits, mirrors, reload), `*_cluster` fields (the cache's revalidation callouts), the
-    router's `known_clusters` and the hashring's `clusters`."""
+    splits, mirrors, reload, and `service.cluster` of the ratelimit filter's global rules),
+    `*_cluster` fields (the cache's revalidation callouts), the router's `known_clusters` and
+    the hashring's `clusters`."""
     for path, value in walk(config):
         last = path.split(".")[-1]
         if not isinstance(value, str):
             continue
         if last == "cluster" or last.endswith("_cluster") or re.fullmatch(r"(known_)?clusters\[\d+\]", last):
             yield path, value
+
+
+def global_services(config: Any) -> Iterator[tuple[str, dict]]:
+    """The `service` of every `scope: global` rule of a ratelimit configuration, with its path:
+    the rate limit service the filter calls over gRPC (docs/ratelimit.md "Global limits")."""
+    rules = config.get("rules") if isinstance(config, dict) else None
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if isinstance(rule, dict) and rule.get("scope") == "global" and isinstance(rule.get("service"), dict):
+            yield f"rules[{i}].service", rule["service"]
+
+
+def is_http2_cluster(cluster: dict) -> bool:
+    """Whether an Envoy cluster speaks HTTP/2 to its hosts (what gRPC needs)."""
+    opts = (cluster.get("typed_extension_protocol_options") or {}).get(HTTP_PROTOCOL_OPTIONS) or {}
+    return "http2_protocol_options" in (opts.get("explicit_http_config") or {}) or "http2_protocol_options" in cluster
 
 
 class Rendered:
@@ -332,14 +355,204 @@ def check_selector(r: Rendered, obj: dict, labels: Any, path: str, overlay: str,
         report.error(overlay, res_name(obj), path, f"selects no pod template in namespace {ns}: {labels}")
 
 
-def check_istio_cluster(r: Rendered, name: str, obj: dict, path: str, overlay: str, report: Report) -> dict | None:
+def added_clusters(r: Rendered, plugin: dict) -> dict[str, tuple[dict, str, dict]]:
+    """Clusters that EnvoyFilters add (applyTo CLUSTER, operation ADD) to the workloads a
+    WasmPlugin runs on: name -> (EnvoyFilter, field of the cluster, the cluster)."""
+    labels = ((plugin.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    ns = (plugin.get("metadata") or {}).get("namespace")
+    out: dict[str, tuple[dict, str, dict]] = {}
+    for ef in r.of_kind("EnvoyFilter"):
+        spec = ef.get("spec") or {}
+        selector = (spec.get("workloadSelector") or {}).get("labels") or {}
+        if (ef.get("metadata") or {}).get("namespace") != ns or any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        for i, patch in enumerate(spec.get("configPatches") or []):
+            value = (patch.get("patch") or {}).get("value") or {}
+            if patch.get("applyTo") == "CLUSTER" and (patch.get("patch") or {}).get("operation") == "ADD":
+                if isinstance(value.get("name"), str):
+                    out[value["name"]] = (ef, f"spec.configPatches[{i}].patch.value", value)
+    return out
+
+
+def cluster_services(
+    r: Rendered, cluster: dict, obj: dict, where: str, overlay: str, report: Report
+) -> tuple[dict, int] | None:
+    """The in-cluster Service (and port) an Envoy cluster resolves: STRICT_DNS on
+    <svc>.<ns>.svc.cluster.local; each such address must be an existing Service port."""
+    found = None
+    for path, addr in walk(cluster.get("load_assignment") or {}, f"{where}.load_assignment"):
+        if isinstance(addr, dict) and str(addr.get("address", "")).endswith(".svc.cluster.local"):
+            port = int(addr.get("port_value", 0))
+            svc = check_service_port(
+                r, addr["address"], port, f"cluster {cluster.get('name')!r}", obj, path, overlay, report
+            )
+            if svc is not None:
+                found = (svc, port)
+    return found
+
+
+def check_istio_cluster(
+    r: Rendered,
+    name: str,
+    obj: dict,
+    path: str,
+    overlay: str,
+    report: Report,
+    added: dict[str, tuple[dict, str, dict]] | None = None,
+) -> dict | None:
+    if added and name in added:
+        ef, where, cluster = added[name]
+        found = cluster_services(r, cluster, ef, where, overlay, report)
+        return found[0] if found else None
     m = ISTIO_CLUSTER_RE.match(name)
     if not m:
         report.error(
-            overlay, res_name(obj), path, f"cluster {name!r} is not an Istio cluster name (outbound|PORT|SUBSET|FQDN)"
+            overlay,
+            res_name(obj),
+            path,
+            f"cluster {name!r} is not an Istio cluster name (outbound|PORT|SUBSET|FQDN) "
+            f"nor a cluster an EnvoyFilter adds to the plugin's workloads ({sorted(added or {})})",
         )
         return None
     return check_service_port(r, m["host"], int(m["port"]), f"cluster {name!r}", obj, path, overlay, report)
+
+
+def check_rls_service(
+    r: Rendered, svc: dict, port: int, cluster: str, obj: dict, path: str, overlay: str, report: Report
+) -> None:
+    """A global rule's cluster must reach switchyard-rls pods on a gRPC port."""
+    name = svc["metadata"]["name"]
+    images = [
+        str(c.get("image", ""))
+        for tpl in pods_of_service(r, svc)
+        for c in (tpl.get("spec") or {}).get("containers") or []
+    ]
+    if not any((m := IMAGE_RE.match(i)) and m["filter"] == RLS_IMAGE for i in images):
+        report.error(
+            overlay,
+            res_name(obj),
+            path,
+            f"cluster {cluster!r}: Service {name} selects no pods running <registry>/switchyard/{RLS_IMAGE}:<tag> "
+            f"(images: {sorted(set(images))}), so no rate limit service answers",
+        )
+    for p in (svc.get("spec") or {}).get("ports") or []:
+        if p.get("port") == port and not (
+            p.get("appProtocol") == "grpc" or str(p.get("name", "")).split("-")[0] in ("grpc", "http2")
+        ):
+            report.error(
+                overlay,
+                res_name(svc),
+                f"spec.ports[name={p.get('name')}]",
+                f"port {port} carries the rate limit service's gRPC: set appProtocol: grpc "
+                "(Istio then speaks HTTP/2 to it)",
+            )
+
+
+def check_global_cluster(
+    r: Rendered,
+    service: dict,
+    cluster_def: dict | None,
+    resolved: tuple[dict, int] | None,
+    obj: dict,
+    path: str,
+    overlay: str,
+    report: Report,
+) -> None:
+    """What a global rule's `service.cluster` needs beyond existing: a valid gRPC authority (a
+    Wasm gRPC call sends the cluster name as `:authority`), HTTP/2, and switchyard-rls behind it."""
+    name = service.get("cluster")
+    if not isinstance(name, str):
+        return
+    if not AUTHORITY_RE.match(name):
+        report.error(
+            overlay,
+            res_name(obj),
+            path,
+            f"cluster {name!r}: a Wasm gRPC call sends the cluster name as :authority, and this one is not a valid "
+            "authority, so the rate limit service's HTTP/2 server rejects every call; call it through a cluster "
+            "with a plain name (on Istio: an EnvoyFilter that adds it, docs/kubernetes.md \"Global limits\")",
+        )
+        return
+    if cluster_def is not None and not is_http2_cluster(cluster_def):
+        report.error(
+            overlay,
+            res_name(obj),
+            path,
+            f"cluster {name!r} does not speak HTTP/2 (typed_extension_protocol_options: explicit_http_config: "
+            "http2_protocol_options), which the rate limit service's gRPC needs",
+        )
+    if resolved is not None:
+        check_rls_service(r, resolved[0], resolved[1], name, obj, path, overlay, report)
+
+
+def rls_configs(r: Rendered, overlay: str, report: Report) -> list[PluginConfig]:
+    """The limits file of every switchyard-rls container (`--config FILE`, or
+    SWITCHYARD_RLS_CONFIG), which must lie in a ConfigMap the container mounts; its text is
+    returned for the service's own parser to check."""
+    out: list[PluginConfig] = []
+    configmaps = {(cm["metadata"].get("namespace"), cm["metadata"]["name"]): cm for cm in r.of_kind("ConfigMap")}
+    for o, tpl in r.pod_templates():
+        pod = tpl.get("spec") or {}
+        ns = (o.get("metadata") or {}).get("namespace")
+        volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+        for ci, c in enumerate(pod.get("containers") or []):
+            m = IMAGE_RE.match(str(c.get("image", "")))
+            if not m or m["filter"] != RLS_IMAGE:
+                continue
+            where = f"spec.template.spec.containers[{ci}]"
+            args = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+            path = None
+            for j, a in enumerate(args):
+                if a == "--config" and j + 1 < len(args):
+                    path = args[j + 1]
+                elif a.startswith("--config="):
+                    path = a.split("=", 1)[1]
+            if path is None:
+                env = {e.get("name"): e.get("value") for e in c.get("env") or []}
+                path = env.get("SWITCHYARD_RLS_CONFIG")
+            if not path:
+                report.error(
+                    overlay,
+                    res_name(o),
+                    f"{where}.args",
+                    "no --config FILE: switchyard-rls does not start without its limits",
+                )
+                continue
+            found = False
+            for vm in c.get("volumeMounts") or []:
+                mount = str(vm.get("mountPath", "")).rstrip("/")
+                volume = (volumes.get(vm.get("name")) or {}).get("configMap") or {}
+                if not volume.get("name"):
+                    continue
+                if vm.get("subPath"):
+                    key = vm["subPath"] if path == mount else None
+                else:
+                    key = path[len(mount) + 1 :] if path.startswith(mount + "/") else None
+                if key is None:
+                    continue
+                items = {i.get("path"): i.get("key") for i in volume.get("items") or []}
+                key = items.get(key, key) if items else key
+                cm = configmaps.get((ns, volume["name"]))
+                text = ((cm or {}).get("data") or {}).get(key)
+                if cm is None or text is None:
+                    report.error(
+                        overlay,
+                        res_name(o),
+                        f"{where}.args",
+                        f"--config {path}: ConfigMap {volume['name']} has no key {key!r}",
+                    )
+                else:
+                    out.append(PluginConfig(overlay, res_name(cm), f"data.{key}", "rls", text, "limits", cm))
+                found = True
+                break
+            if not found:
+                report.error(
+                    overlay,
+                    res_name(o),
+                    f"{where}.args",
+                    f"--config {path} is not in a ConfigMap mounted by the container",
+                )
+    return out
 
 
 def check_service_port(
@@ -425,8 +638,24 @@ def istio_checks(r: Rendered, overlay: str, report: Report) -> list[PluginConfig
             by_filter[filt] = wp
             stage_config[filt] = config
             configs.append(PluginConfig(overlay, name, field, filt, config))
+            added = added_clusters(r, wp)
             for path, cluster in cluster_refs(config):
-                check_istio_cluster(r, cluster, wp, f"{field}.{path}", overlay, report)
+                check_istio_cluster(r, cluster, wp, f"{field}.{path}", overlay, report, added)
+            for spath, service in global_services(config) if filt == "ratelimit" else []:
+                cluster = service.get("cluster")
+                ef_cluster = added.get(cluster) if isinstance(cluster, str) else None
+                check_global_cluster(
+                    r,
+                    service,
+                    ef_cluster[2] if ef_cluster else None,
+                    cluster_services(r, ef_cluster[2], ef_cluster[0], ef_cluster[1], overlay, Report())
+                    if ef_cluster
+                    else None,
+                    wp,
+                    f"{field}.{spath}.cluster",
+                    overlay,
+                    report,
+                )
             reload = config.get("reload") if filt == "router" else None
             if isinstance(reload, dict) and isinstance(reload.get("cluster"), str):
                 # The cluster itself was checked with the other cluster references above.
@@ -435,7 +664,9 @@ def istio_checks(r: Rendered, overlay: str, report: Report) -> list[PluginConfig
                 for table in check_reload_source(r, svc, reload, wp, f"{field}.reload", overlay, report):
                     configs.append(table)
                     for path, cluster in cluster_refs(table.config):
-                        check_istio_cluster(r, cluster, table.obj or wp, f"{table.field}:{path}", overlay, report)
+                        check_istio_cluster(
+                            r, cluster, table.obj or wp, f"{table.field}:{path}", overlay, report, added
+                        )
 
     if suites:
         # One plugin runs the stages in the documented order itself; mixing it with separate
@@ -564,26 +795,14 @@ def check_envoy_config(r: Rendered, cm: dict, key: str, text: str, overlay: str,
         report.error(overlay, res_name(cm), where, f"not YAML: {short(str(err))}")
         return configs
     static = envoy.get("static_resources") or {}
-    clusters = {c.get("name") for c in static.get("clusters") or []}
-    # Cluster name -> the in-cluster Service it resolves (STRICT_DNS on <svc>.<ns>.svc.cluster.local).
-    services: dict[str, dict] = {}
+    cluster_defs = {c.get("name"): c for c in static.get("clusters") or []}
+    clusters = set(cluster_defs)
+    # Cluster name -> the in-cluster Service and port it resolves (STRICT_DNS on <svc>.<ns>.svc.cluster.local).
+    services: dict[str, tuple[dict, int]] = {}
     for ci, cluster in enumerate(static.get("clusters") or []):
-        for path, addr in walk(
-            cluster.get("load_assignment") or {}, f"static_resources.clusters[{ci}].load_assignment"
-        ):
-            if isinstance(addr, dict) and str(addr.get("address", "")).endswith(".svc.cluster.local"):
-                svc = check_service_port(
-                    r,
-                    addr["address"],
-                    int(addr.get("port_value", 0)),
-                    f"cluster {cluster.get('name')!r}",
-                    cm,
-                    f"{where}:{path}",
-                    overlay,
-                    report,
-                )
-                if svc is not None:
-                    services[cluster.get("name")] = svc
+        found = cluster_services(r, cluster, cm, f"{where}:static_resources.clusters[{ci}]", overlay, report)
+        if found is not None:
+            services[cluster.get("name")] = found
     mounts = image_mounts_of_configmap(r, cm)
     seen: list[str] = []
     for path, value in walk(envoy):
@@ -643,11 +862,24 @@ def check_envoy_config(r: Rendered, cm: dict, key: str, text: str, overlay: str,
                     f"{cfg_path}.configuration.value:{cpath}",
                     f"cluster {cluster!r} is not defined in static_resources.clusters ({sorted(clusters)})",
                 )
+        for spath, service in global_services(config) if filt == "ratelimit" else []:
+            cluster = service.get("cluster")
+            if isinstance(cluster, str) and cluster in clusters:
+                check_global_cluster(
+                    r,
+                    service,
+                    cluster_defs[cluster],
+                    services.get(cluster),
+                    cm,
+                    f"{cfg_path}.configuration.value:{spath}.cluster",
+                    overlay,
+                    report,
+                )
         if filt == "router" and isinstance(config.get("reload"), dict):
             reload = config["reload"]
             for table in check_reload_source(
                 r,
-                services.get(reload.get("cluster")),
+                (services.get(reload.get("cluster")) or (None,))[0],
                 reload,
                 cm,
                 f"{cfg_path}.configuration.value:reload",
@@ -791,6 +1023,7 @@ def main() -> int:
         rendered = Rendered(objs)
         configs += istio_checks(rendered, overlay, report)
         configs += envoy_checks(rendered, overlay, report)
+        configs += rls_configs(rendered, overlay, report)
 
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod matcher;
 pub mod metrics;
 pub mod request;
+pub mod rng;
 pub mod routing;
 pub mod shared;
 pub mod stages;

@@ -6,7 +6,7 @@
 //! Record format: `v1`, version, next fetch time (ns), ETag (may be empty), then the host list
 //! as canonical JSON (empty until the first good fetch).
 
-use crate::config::{validate_hosts, Host, HostSpec};
+use crate::config::{check_table_limits, validate_hosts, Config, Host, HostSpec, HostsFrom};
 use serde::{Deserialize, Serialize};
 
 /// The initial record: version 0, fetch due immediately, no hosts.
@@ -125,6 +125,30 @@ pub fn apply_fetched(cur: &HostSetRecord, hosts: &[Host], etag: &str) -> Option<
     Some(next)
 }
 
+/// A fetched body checked like a configuration's `hosts` plus the table limits of `config`.
+pub fn check_fetched(config: &Config, body: &[u8]) -> Result<Vec<Host>, String> {
+    parse_host_list(body).and_then(|hosts| {
+        check_table_limits(config.algorithm, &hosts, config.vnodes, config.table_size)
+            .map_err(|e| e.to_string())
+            .map(|_| hosts)
+    })
+}
+
+/// The request headers of a `hosts_from` fetch (`If-None-Match` with the last ETag, if any).
+pub fn fetch_headers(hf: &HostsFrom, etag: &str) -> Vec<(&'static str, String)> {
+    let authority = hf.authority.clone().unwrap_or_else(|| hf.cluster.clone());
+    let mut headers = vec![
+        (":method", "GET".to_string()),
+        (":path", hf.path.clone()),
+        (":authority", authority),
+        ("accept", "application/json".to_string()),
+    ];
+    if !etag.is_empty() {
+        headers.push(("if-none-match", etag.to_string()));
+    }
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +215,30 @@ mod tests {
         let more = parse_host_list(br#"[{"address": "10.0.0.1:80"}, {"address": "10.0.0.2:80"}]"#)
             .unwrap();
         assert_eq!(apply_fetched(&same, &more, "\"e3\"").unwrap().version, 2);
+    }
+
+    #[test]
+    fn fetched_lists_meet_the_table_limits_and_fetches_send_the_etag() {
+        let config = Config::parse(
+            br#"{"hosts": [{"address": "10.0.0.1:80"}], "hash_key": [{"header": "k"}],
+                "vnodes": 10000,
+                "hosts_from": {"cluster": "cfg", "path": "/hosts.json"}}"#,
+        )
+        .unwrap();
+        assert!(check_fetched(&config, br#"[{"address": "10.0.0.2:80"}]"#).is_ok());
+        // 10000 vnodes x weight 1000 is beyond the ring's point limit.
+        let heavy = br#"[{"address": "10.0.0.2:80", "weight": 1000}]"#;
+        assert!(check_fetched(&config, heavy).is_err());
+        assert!(check_fetched(&config, b"nope").is_err());
+        let hf = config.hosts_from.unwrap();
+        let names = |h: &[(&'static str, String)]| h.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        let first = fetch_headers(&hf, "");
+        assert_eq!(names(&first), [":method", ":path", ":authority", "accept"]);
+        assert_eq!(first[2].1, "cfg");
+        let again = fetch_headers(&hf, "\"e1\"");
+        assert_eq!(
+            again.last().unwrap(),
+            &("if-none-match", "\"e1\"".to_string())
+        );
     }
 }

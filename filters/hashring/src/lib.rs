@@ -2,14 +2,17 @@
 //! Switchyard hashring: consistent-hash upstream selection (ring, Maglev, rendezvous) with
 //! weights, bounded loads, passive health and ordered fallbacks, as a proxy-wasm HTTP filter.
 //!
-//! Everything except [`filter`] is pure logic, tested natively.
+//! Everything except [`filter`] is pure logic, tested natively: [`plan`] decides a request's
+//! host choice, [`outcome`] what the end of its stream records; the glue applies them.
 
 pub mod config;
 pub mod filter;
 pub mod hostset;
 pub mod maglev;
+pub mod outcome;
 pub mod output;
 pub mod p2c;
+pub mod plan;
 pub mod rendezvous;
 pub mod ring;
 pub mod select;

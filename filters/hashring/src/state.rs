@@ -327,6 +327,30 @@ where
     I: Iterator<Item = usize>,
     O: Fn() -> I,
 {
+    admit_with(store, key, worker, now_ms, hosts, factor, |loads| {
+        let sel = select(order(), healthy, Some(loads), fallbacks);
+        let chosen = sel.chosen();
+        (sel, chosen)
+    })
+}
+
+/// [`admit`] with the choice left to `choose`: it gets the current in-flight counts of `hosts`
+/// (as [`Loads`] with `factor`) and returns its result and the index of the host to charge.
+/// It runs once per CAS attempt, so it must be pure; the result of the attempt that wrote is
+/// returned.
+pub fn admit_with<S, R, F>(
+    store: &S,
+    key: &str,
+    worker: &Worker,
+    now_ms: u64,
+    hosts: &[Host],
+    factor: f64,
+    mut choose: F,
+) -> Result<R, StoreError>
+where
+    S: SharedStore + ?Sized,
+    F: FnMut(Loads<'_>) -> (R, Option<usize>),
+{
     let out = cas_update(store, key, CAS_RETRIES, |cur| {
         let mut map = decode_loads(cur);
         worker.maintain(&mut map, now_ms);
@@ -343,8 +367,8 @@ where
             total,
             factor,
         };
-        let sel = select(order(), healthy, Some(loads), fallbacks);
-        if let Some(host) = sel.chosen().and_then(|c| hosts.get(c)) {
+        let (result, chosen) = choose(loads);
+        if let Some(host) = chosen.and_then(|c| hosts.get(c)) {
             let e = map
                 .entry((host.address.clone(), worker.id))
                 .or_insert(LoadEntry {
@@ -354,7 +378,7 @@ where
             e.count += 1;
         }
         // Written even without a choice when owed releases were applied.
-        Update::Write(encode_loads(&map), sel)
+        Update::Write(encode_loads(&map), result)
     });
     let r = outcome(out);
     if r.is_ok() {

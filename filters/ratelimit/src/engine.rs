@@ -13,7 +13,7 @@ use crate::limiter::{Evaluation, RuleState, TierView};
 use switchyard_core::shared::{cas_update, CasOutcome, SharedStore, Update};
 use switchyard_core::RequestView;
 
-const NS_PER_MS: u64 = 1_000_000;
+use switchyard_core::duration::NS_PER_MS;
 
 /// The limiter of one plugin configuration.
 pub struct Limiter {

@@ -14,7 +14,7 @@ use crate::rls_proto::{self, Code, Descriptor, Request, Response};
 use std::collections::HashMap;
 use switchyard_core::RequestView;
 
-const NS_PER_S: u64 = 1_000_000_000;
+use switchyard_core::duration::NS_PER_S;
 /// Lifetime of a lease when the service reports neither a window nor a reset time.
 pub const DEFAULT_LEASE_TTL_NS: u64 = NS_PER_S;
 /// `Retry-After` of a global rejection whose answer carries no reset time.

@@ -3,7 +3,7 @@
 
 use crate::config::{Algorithm, Rule, Tier};
 
-const NS_PER_MS: u64 = 1_000_000;
+use switchyard_core::duration::NS_PER_MS;
 
 /// Per-tier state of one key under one rule.
 #[derive(Debug, Clone, PartialEq, Eq)]

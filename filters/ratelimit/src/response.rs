@@ -3,7 +3,7 @@
 use crate::config::{HeaderStyle, Settings};
 use crate::engine::{Outcome, RuleReport, Verdict};
 
-const NS_PER_S: u64 = 1_000_000_000;
+use switchyard_core::duration::NS_PER_S;
 
 /// Whole seconds, rounded up (a client waiting this long is never early).
 pub fn ceil_secs(ns: u64) -> u64 {

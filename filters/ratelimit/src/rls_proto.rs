@@ -627,7 +627,7 @@ mod tests {
     #[test]
     fn pseudo_random_input_never_panics() {
         // xorshift; deterministic.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rng = switchyard_core::rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
         let seed = encode_response(&response());
         for round in 0..20_000 {
             let mut buf = if round % 2 == 0 {
@@ -635,11 +635,9 @@ mod tests {
             } else {
                 Vec::new()
             };
-            let len = (x % 64) as usize;
+            let len = rng.below(64) as usize;
             for _ in 0..len {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
+                let x = rng.next_u64();
                 if buf.is_empty() || x.is_multiple_of(3) {
                     buf.push(x as u8);
                 } else {

@@ -11,6 +11,7 @@ use std::time::Duration as StdDuration;
 use switchyard_core::abi::{self, Buffer, Map};
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::metrics::Metrics;
+use switchyard_core::rng::XorShift;
 use switchyard_core::routing::ROUTE_HEADER;
 
 pub const EXPLAIN_HEADER: &str = "x-switchyard-route";
@@ -46,7 +47,7 @@ struct Plugin {
     live: RefCell<Live>,
     metrics: Metrics,
     root_context_id: u32,
-    rng: Cell<u64>,
+    rng: Cell<XorShift>,
 }
 
 impl Plugin {
@@ -82,13 +83,7 @@ impl Plugin {
     }
 
     fn random(&self) -> u64 {
-        // xorshift64*: fast and good enough for traffic splits and sampling.
-        let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        XorShift::next_in(&self.rng)
     }
 }
 
@@ -305,7 +300,7 @@ impl RootContext for RouterRoot {
             .reload
             .as_ref()
             .map(|r| r.interval.std().min(MAX_TICK));
-        let seed = host::now_nanos() ^ (u64::from(self.context_id) << 32) | 1;
+        let seed = host::now_nanos() ^ (u64::from(self.context_id) << 32);
         let plugin = Plugin {
             live: RefCell::new(Live {
                 table: Rc::new(config.table.clone()),
@@ -316,7 +311,7 @@ impl RootContext for RouterRoot {
             keys,
             metrics,
             root_context_id: self.context_id,
-            rng: Cell::new(seed),
+            rng: Cell::new(XorShift::new(seed)),
         };
         // A table another worker (or an earlier plugin configuration) published stays in force.
         plugin.refresh();

@@ -363,13 +363,8 @@ fn unsticky_split_follows_the_random_source() {
         forward_cluster(&t.decide(&req, &mut fixed(u64::MAX), true).outcome),
         Some("v2")
     );
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut rng = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut r = switchyard_core::rng::XorShift::new(0x9E37_79B9_7F4A_7C15);
+    let mut rng = move || r.next_u64();
     let n = 20_000;
     let v2 = (0..n)
         .filter(|_| forward_cluster(&t.decide(&req, &mut rng, true).outcome) == Some("v2"))

@@ -104,8 +104,8 @@ mod tests {
     #[test]
     fn stages_run_in_chain_order_whatever_the_json_order() {
         let c = parse(
-            br#"{"stages": {"hashring": {"hosts": ["10.0.0.1:80"], "hash_key": {"header": "x-user"}},
-                            "ratelimit": {"rules": [{"name": "all", "key": {"const": "all"}, "limits": [{"requests": 5, "per": "1s"}]}]}}}"#,
+            br#"{"stages": {"hashring": {"hosts": [{"address": "10.0.0.1:80"}], "hash_key": [{"header": "x-user"}]},
+                            "ratelimit": {"rules": [{"name": "all", "key": [{"header": "x-user"}], "limits": [{"requests": 5, "per": "1s"}]}]}}}"#,
         );
         let c = match c {
             Ok(c) => c,
@@ -137,5 +137,21 @@ mod tests {
         assert_eq!(e.path, "stages");
         assert!(parse(b"\xff").is_err());
         assert!(parse(b"{}").is_err());
+    }
+
+    #[test]
+    fn the_documented_example_is_accepted() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/suite.md"))
+                .unwrap();
+        let example = doc
+            .split("```json")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let c = parse(example.as_bytes()).unwrap_or_else(|e| panic!("docs/suite.md: {e}"));
+        assert_eq!(c.stages.len(), 4);
     }
 }

@@ -16,9 +16,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
+use switchyard_core::duration::NS_PER_MS;
 use switchyard_core::{host, stages};
-
-const NS_PER_MS: u64 = 1_000_000;
 
 fn stage_root(stage: Stage, context_id: u32) -> Box<dyn RootContext> {
     match stage {

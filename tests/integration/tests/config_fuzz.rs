@@ -13,32 +13,21 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use switchyard_core::rng::{splitmix64, XorShift};
 
 const DEFAULT_SEED: u64 = 20_260_101;
 const DEFAULT_CASES: u64 = 5000;
 
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// xorshift64*, seeded through splitmix64.
-struct Rng(u64);
+/// The filters' generator (xorshift64* seeded through splitmix64), with the helpers the fuzz
+/// uses.
+struct Rng(XorShift);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(splitmix64(seed) | 1)
+        Rng(XorShift::new(seed))
     }
     fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         if n == 0 {

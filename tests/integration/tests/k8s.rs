@@ -3,8 +3,10 @@
 //! `k8s/validate.py` renders every Kustomize overlay, validates built-in kinds against the
 //! Kubernetes schemas and Istio kinds against Istio's CRD schemas, cross-checks the wiring, and
 //! writes every filter configuration it finds. These tests run it and then feed each
-//! configuration to the parser of the filter it configures, and load the plain-Envoy bootstrap
-//! with the built filters in a real Envoy (`--mode validate`).
+//! configuration to the parser of the filter it configures (and the limits of the global rate
+//! limit service, switchyard-rls, to the service's own parser, checking that they cover every
+//! global rule), and load the plain-Envoy bootstrap with the built filters in a real Envoy
+//! (`--mode validate`).
 //!
 //! Needs the Python tools of tests/requirements.txt (`cargo xtask tools`), and for the Envoy
 //! tests the built filters (`cargo xtask build`) and Envoy (`cargo xtask envoy`). Istio's CRDs
@@ -14,12 +16,16 @@
 
 use serde_json::{json, Value};
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
-use switchyard_harness::{envoy_bin, wait_until, wasm_path, workspace_root, Envoy, Response};
+use switchyard_core::KeySource;
+use switchyard_harness::{
+    envoy_bin, wait_until, wasm_path, workspace_root, Envoy, Redis, Response, Rls,
+};
 use switchyard_upstream::Upstream;
 
 /// In the required chain order (README "Filters in a chain").
@@ -214,6 +220,7 @@ fn filter_config_errors(entries: &[Extracted]) -> Vec<String> {
                 switchyard_hashring::validate_config(&json).map_err(|e| e.to_string())
             }
             ("router", "table") => router_table(entries, e, &json).map_err(|e| e.to_string()),
+            ("rls", "limits") => rls_limits(&json).map(|_| ()),
             ("envoy", "bootstrap") => continue,
             other => panic!("validate.py extracted an unknown configuration {other:?} ({e:?})"),
         };
@@ -243,6 +250,89 @@ fn router_table(entries: &[Extracted], table: &Extracted, json: &[u8]) -> Result
     )
     .map(|_| ())
     .map_err(|e| e.to_string())
+}
+
+/// The limits file of a switchyard-rls Deployment (extracted as a JSON string holding the file's
+/// text), parsed by the service's own parser.
+fn rls_limits(json: &[u8]) -> Result<switchyard_rls::config::Config, String> {
+    let text: String = serde_json::from_slice(json)
+        .map_err(|e| format!("validate.py wrote no JSON string: {e}"))?;
+    switchyard_rls::config::Config::parse(&text).map_err(|e| e.to_string())
+}
+
+/// Every `scope: global` rule of an overlay's ratelimit configuration must be answered by the
+/// overlay's switchyard-rls: its `domain` is configured there, and the descriptor it sends
+/// (its key parts under `descriptor_keys`; a sample value for parts read from the request) lands
+/// on a limit. One message per rule that would be limited by nothing.
+fn global_rule_errors(entries: &[Extracted]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.filter == "ratelimit" && e.kind == "config")
+    {
+        let Ok(settings) = switchyard_ratelimit::config::parse(&fs::read(&e.file).unwrap()) else {
+            continue; // reported by filter_config_errors
+        };
+        for rule in &settings.rules {
+            let Some(global) = &rule.global else {
+                continue;
+            };
+            let at = format!(
+                "{}: {}: {}: rule {:?}",
+                e.overlay, e.resource, e.field, rule.name
+            );
+            let limits: Vec<&Extracted> = entries
+                .iter()
+                .filter(|l| l.overlay == e.overlay && l.filter == "rls" && l.kind == "limits")
+                .collect();
+            let [limits] = limits.as_slice() else {
+                errors.push(format!(
+                    "{at}: expected one switchyard-rls limits file in the overlay, found {}",
+                    limits.len()
+                ));
+                continue;
+            };
+            let config = match rls_limits(&fs::read(&limits.file).unwrap()) {
+                Ok(config) => config,
+                Err(err) => {
+                    errors.push(format!("{at}: the service's limits are invalid: {err}"));
+                    continue;
+                }
+            };
+            let Some(domain) = config.domain(&global.domain) else {
+                errors.push(format!(
+                    "{at}: domain {:?} is not configured in {} {} (domains: {:?})",
+                    global.domain,
+                    limits.resource,
+                    limits.field,
+                    config.domains.keys().collect::<Vec<_>>()
+                ));
+                continue;
+            };
+            let values: Vec<String> = rule
+                .key
+                .0
+                .iter()
+                .map(|part| match part {
+                    KeySource::Literal(v) => v.clone(),
+                    _ => "sample-user".to_string(),
+                })
+                .collect();
+            let descriptor: Vec<(&str, &str)> = global
+                .descriptor_keys
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().map(String::as_str))
+                .collect();
+            if domain.lookup(&descriptor).is_none() {
+                errors.push(format!(
+                    "{at}: the descriptor {descriptor:?} matches no limit of domain {:?} in {} {}, so the service never limits it",
+                    global.domain, limits.resource, limits.field
+                ));
+            }
+        }
+    }
+    errors
 }
 
 /// The shipped manifests, validated once for the tests that only read the result.
@@ -282,6 +372,14 @@ fn manifests_validate_and_every_filter_accepts_its_configuration() {
                 .any(|e| e.overlay == overlay && e.kind == "table"),
             "overlay {overlay}: the router's reloaded route table was not found: {entries:#?}"
         );
+        let limits = entries
+            .iter()
+            .filter(|e| e.overlay == overlay && e.filter == "rls" && e.kind == "limits")
+            .count();
+        assert_eq!(
+            limits, 1,
+            "overlay {overlay}: expected the limits of one switchyard-rls Deployment: {entries:#?}"
+        );
     }
     let errors = filter_config_errors(&entries);
     assert!(
@@ -289,6 +387,40 @@ fn manifests_validate_and_every_filter_accepts_its_configuration() {
         "filter configurations rejected:\n{}",
         errors.join("\n")
     );
+}
+
+/// Every overlay ships a global rule, the service's own parser accepts the limits ConfigMap, and
+/// every global rule's domain and descriptor land on a limit there.
+#[test]
+fn rls_limits_are_accepted_by_the_service_and_cover_every_global_rule() {
+    let entries = read_index(shipped());
+    for overlay in OVERLAYS {
+        let config = entries
+            .iter()
+            .find(|e| e.overlay == overlay && e.filter == "ratelimit" && e.kind == "config")
+            .expect("a ratelimit configuration");
+        let settings = switchyard_ratelimit::config::parse(&fs::read(&config.file).unwrap())
+            .expect("the ratelimit configuration parses");
+        assert!(
+            settings.rules.iter().any(|r| r.global.is_some()),
+            "overlay {overlay}: no scope: global rule in {} {}",
+            config.resource,
+            config.field
+        );
+        let limits = entries
+            .iter()
+            .find(|e| e.overlay == overlay && e.filter == "rls" && e.kind == "limits")
+            .expect("the switchyard-rls limits");
+        let parsed = rls_limits(&fs::read(&limits.file).unwrap()).unwrap_or_else(|e| {
+            panic!(
+                "{overlay}: {}: rejected by switchyard-rls: {e}",
+                limits.field
+            )
+        });
+        assert!(parsed.domain("switchyard").is_some(), "{overlay}");
+    }
+    let errors = global_rule_errors(&entries);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
 #[test]
@@ -544,10 +676,122 @@ fn route_table_naming_an_unknown_cluster_is_rejected_by_the_router_parser() {
     );
 }
 
+/// A global rule naming a cluster the proxy does not have: every call would fail at once and the
+/// rule would never limit anything.
+#[test]
+fn global_rule_naming_a_missing_rls_cluster_is_reported() {
+    let tmp = TempDir::new("global-cluster");
+    let k8s = broken_copy(
+        &tmp,
+        "overlays/envoy/envoy.yaml",
+        r#""service": {"cluster": "switchyard-rls""#,
+        r#""service": {"cluster": "ratelimit""#,
+    );
+    let output = run_validator(&k8s, &["envoy"], &tmp.0.join("out"));
+    let report = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(
+            "configuration.value:rules[2].service.cluster: cluster 'ratelimit' is not defined in static_resources.clusters"
+        ),
+        "{report}"
+    );
+}
+
+/// Istio's own cluster for the service exists, but its name is not a valid `:authority`, which is
+/// what a Wasm gRPC call sends: the service's HTTP/2 server would reject every call.
+#[test]
+fn global_rule_through_an_istio_cluster_name_is_reported() {
+    let tmp = TempDir::new("global-authority");
+    let k8s = broken_copy(
+        &tmp,
+        "overlays/istio/wasmplugins.yaml",
+        "cluster: switchyard-rls",
+        "cluster: outbound|8081||switchyard-rls.switchyard-demo.svc.cluster.local",
+    );
+    let output = run_validator(&k8s, &["istio"], &tmp.0.join("out"));
+    let report = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(
+            "ERROR istio: WasmPlugin/switchyard-ratelimit: spec.pluginConfig.rules[2].service.cluster: cluster \
+             'outbound|8081||switchyard-rls.switchyard-demo.svc.cluster.local': a Wasm gRPC call sends the cluster \
+             name as :authority, and this one is not a valid authority"
+        ),
+        "{report}"
+    );
+}
+
+/// The gRPC cluster must speak HTTP/2; an HTTP/1.1 cluster is reported on the plain-Envoy bootstrap.
+#[test]
+fn global_rule_over_http1_is_reported() {
+    let tmp = TempDir::new("global-h2");
+    let k8s = broken_copy(
+        &tmp,
+        "overlays/envoy/envoy.yaml",
+        "            http2_protocol_options:\n              connection_keepalive: { interval: 30s, timeout: 5s }\n",
+        "            http_protocol_options: {}\n",
+    );
+    let output = run_validator(&k8s, &["envoy"], &tmp.0.join("out"));
+    let report = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("rules[2].service.cluster: cluster 'switchyard-rls' does not speak HTTP/2"),
+        "{report}"
+    );
+}
+
+/// Limits the service would refuse at start, and a domain the global rules do not ask about.
+#[test]
+fn bad_rls_limits_are_rejected_by_the_service_parser_and_the_rule_check() {
+    let tmp = TempDir::new("rls-limits");
+    let k8s = broken_copy(
+        &tmp,
+        "base/rls-limits.yaml",
+        "rate_limit: { unit: minute, requests_per_unit: 100, name: per-user-global }",
+        "rate_limit: { unit: week, requests_per_unit: 100, name: per-user-global }",
+    );
+    let out = tmp.0.join("out");
+    // The limits are free-form to Kubernetes: only the service's parser can catch this.
+    let output = run_validator(&k8s, &["envoy"], &out);
+    assert!(output.status.success(), "{}", text(&output));
+    let errors = filter_config_errors(&read_index(&out));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("envoy: ConfigMap/switchyard-rls-")
+            && errors[0].contains(
+                "data.limits.yaml: rejected by the rls filter: domains[0].descriptors[0].descriptors[0].rate_limit.unit: "
+            ),
+        "{}",
+        errors[0]
+    );
+
+    let tmp = TempDir::new("rls-domain");
+    let k8s = broken_copy(
+        &tmp,
+        "base/rls-limits.yaml",
+        "  - domain: switchyard\n",
+        "  - domain: edge\n",
+    );
+    let out = tmp.0.join("out");
+    let output = run_validator(&k8s, &["envoy"], &out);
+    assert!(output.status.success(), "{}", text(&output));
+    let entries = read_index(&out);
+    assert!(filter_config_errors(&entries).is_empty());
+    let errors = global_rule_errors(&entries);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("rule \"per-user-global\": domain \"switchyard\" is not configured in ConfigMap/switchyard-rls-"),
+        "{}",
+        errors[0]
+    );
+}
+
 /// The plain-Envoy overlay's bootstrap, rewired to loopback: listener and admin on free ports,
 /// the `upstream` cluster on `upstreams`, `routes-config` on `config` (serving the overlay's
-/// routes.json from its store), modules from dist/. Everything else is as shipped.
-fn loopback_bootstrap(upstreams: &[&Upstream], config: &Upstream) -> String {
+/// routes.json from its store), `switchyard-rls` on `rls` (gRPC), modules from dist/.
+/// Everything else is as shipped.
+fn loopback_bootstrap(upstreams: &[&Upstream], config: &Upstream, rls: SocketAddr) -> String {
     let entry = read_index(shipped())
         .into_iter()
         .find(|e| e.overlay == "envoy" && e.kind == "bootstrap")
@@ -589,6 +833,10 @@ fn loopback_bootstrap(upstreams: &[&Upstream], config: &Upstream) -> String {
         let eps = match cluster["name"].as_str().unwrap() {
             "upstream" => endpoints(upstreams),
             "routes-config" => endpoints(&[config]),
+            "switchyard-rls" => {
+                json!([{"lb_endpoints": [{"endpoint": {"address": {"socket_address":
+                {"address": "127.0.0.1", "port_value": rls.port()}}}}]}])
+            }
             other => panic!("unexpected cluster {other} in the plain-Envoy bootstrap"),
         };
         cluster["type"] = json!("STATIC");
@@ -610,9 +858,17 @@ fn plain_envoy_overlay_configuration_serves_every_filter_end_to_end() {
     let config = Upstream::start("routes-config").unwrap();
     let table = fs::read(workspace_root().join("k8s/overlays/envoy/routes.json")).unwrap();
     config.store_put("routes.json", "application/json", table);
+    // switchyard-rls with the shipped limits (k8s/base/rls-limits.yaml), on a real Redis.
+    let redis = Redis::start();
+    let limits = fs::read_to_string(workspace_root().join("k8s/base/rls-limits.yaml")).unwrap();
+    let rls = Rls::builder(&limits).redis(&redis.url()).start();
+    wait_until("switchyard-rls is ready", Duration::from_secs(10), || {
+        rls.ready()
+    });
     let envoy = Envoy::from_yaml(&loopback_bootstrap(
         &ups.iter().collect::<Vec<_>>(),
         &config,
+        rls.grpc_addr(),
     ))
     .start();
 
@@ -674,6 +930,35 @@ fn plain_envoy_overlay_configuration_serves_every_filter_end_to_end() {
     let hit = envoy.get(url).header("x-user-id", "bob").send();
     assert_eq!(hit.header("x-cache"), Some("HIT"), "{hit:?}");
     assert_eq!(ups.iter().map(|u| u.count_path("/catalog")).sum::<u64>(), 1);
+
+    // ratelimit, global rule: a request to /api with x-user-id is asked of switchyard-rls (after
+    // the local per-ip tiers admitted it); the service's demo value is always rejected. One
+    // second apart, so the per-ip 1/s tier admits both.
+    let sample = |name: &str| rls.metric(&format!("{name}{{domain=\"switchyard\"}}"));
+    let admitted = envoy.get("/api/items").header("x-user-id", "alice").send();
+    assert_eq!(admitted.status, 200, "{admitted:?}");
+    assert_eq!(
+        sample("switchyard_rls_ok_total"),
+        Some(1.0),
+        "{}",
+        rls.metrics()
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let blocked = envoy
+        .get("/api/items")
+        .header("x-user-id", "demo-blocked")
+        .send();
+    assert_eq!(blocked.status, 429, "{blocked:?}");
+    assert_eq!(
+        sample("switchyard_rls_over_limit_total"),
+        Some(1.0),
+        "{}",
+        rls.metrics()
+    );
+    assert!(
+        blocked.text().contains(r#""rule":"per-user-global""#),
+        "{blocked:?}"
+    );
 
     // ratelimit: 11 requests to /api from one client exceed the 10-per-minute tier whatever the
     // timing, and rejections carry the IETF RateLimit headers.

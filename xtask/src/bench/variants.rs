@@ -80,6 +80,19 @@ fn hashring_config(upstreams: &[u16; 3]) -> String {
     )
 }
 
+/// The hashring choosing by latency (`p2c_ewma`, no hash key): what the shared per-host
+/// estimates cost per request against `ring`.
+fn p2c_config(upstreams: &[u16; 3]) -> String {
+    let hosts: Vec<String> = upstreams
+        .iter()
+        .map(|p| format!(r#"{{"address":"127.0.0.1:{p}"}}"#))
+        .collect();
+    format!(
+        r#"{{"algorithm":"p2c_ewma","hosts":[{}],"output":{{"header":"{OVERRIDE_HOST_HEADER}"}}}}"#,
+        hosts.join(",")
+    )
+}
+
 /// The hashring of the chain: as [`hashring_config`], acting only on requests routed to `web`.
 fn chained_hashring_config(upstreams: &[u16; 3]) -> String {
     let alone = hashring_config(upstreams);
@@ -209,6 +222,15 @@ pub fn all(dist: &Path, upstreams: &[u16; 3]) -> Vec<Variant> {
             d,
             "/plain",
             Some("native-ring-hash"),
+        ),
+        v(
+            "hashring-p2c",
+            "Switchyard hashring p2c_ewma (3 hosts): latency estimates shared by all workers, read and updated per request",
+            vec![wasm(dist, "hashring", p2c_config(upstreams))],
+            "",
+            d,
+            "/plain",
+            None,
         ),
         v(
             "native-ring-hash",
