@@ -306,6 +306,11 @@ pub(crate) fn property(vm: &Vm, path: &str) -> Option<Vec<u8>> {
         if let Some(v) = derived {
             return Some(v);
         }
+        if path == "upstream.address" && stream.upstream.is_none() {
+            // As Envoy: no upstream host before the request reached one (a local reply never
+            // does), whatever the host-level property says.
+            return None;
+        }
         if path == "response.code_details" {
             // As Envoy: `via_upstream` for a response from the upstream, else the details the
             // local reply was sent with.

@@ -104,6 +104,7 @@ pub struct HostBuilder {
     properties: Vec<(String, Vec<u8>)>,
     vm_id: String,
     clusters: Option<Vec<String>>,
+    main_thread: bool,
 }
 
 impl HostBuilder {
@@ -141,6 +142,16 @@ impl HostBuilder {
         self.clusters = Some(names.iter().map(|s| s.to_string()).collect());
         self
     }
+    /// Also runs the VMs Envoy runs on its main thread besides the workers' (proxy-wasm-cpp-host
+    /// `createWasm`, Envoy's thread-local slot): first a configuration canary, started,
+    /// configured and ended (`on_done`, `on_delete`); then, after the workers, the main thread's
+    /// own VM, numbered after them: it keeps its root context and gets ticks, never requests.
+    /// Configure-time effects (metrics, logs, shared data) then happen `workers + 2` times, as
+    /// in a real Envoy.
+    pub fn main_thread(mut self) -> Self {
+        self.main_thread = true;
+        self
+    }
 
     /// Starts the workers: instantiate, `_initialize`, root context, `proxy_on_vm_start`,
     /// `proxy_on_configure` with `config`. A rejected configuration is
@@ -171,7 +182,18 @@ impl HostBuilder {
             upstream: None,
         };
         let config = config.as_ref().to_vec();
-        for w in 0..self.workers {
+        if self.main_thread {
+            host.start_worker(0, &self.vm_config, &config)?;
+            let root = host.vm(0)?.root_id;
+            host.drop_root(0, root)?;
+            host.workers.clear();
+            // Envoy destroys the canary's VM with whatever it had pending.
+            let mut shared = lock(&host.shared);
+            shared.callouts.retain(|c| c.callout.worker != 0);
+            shared.queue_ready.retain(|(w, _, _)| *w != 0);
+        }
+        let vms = self.workers + usize::from(self.main_thread);
+        for w in 0..vms {
             host.start_worker(w, &self.vm_config, &config)?;
         }
         Ok(host)
@@ -287,6 +309,7 @@ impl Host {
             properties: Vec::new(),
             vm_id: String::new(),
             clusters: None,
+            main_thread: false,
         })
     }
 

@@ -1,23 +1,32 @@
 //! Filter scenarios defined once and run on two backends: this host ([`run_on_host`]) and a real
 //! Envoy (the fidelity tests drive `switchyard-harness` with the same [`Scenario`]). Both
-//! backends turn each step's response into an [`Observed`]; the fidelity tests assert that every
-//! step meets its expectations on both and that the two observations are identical.
+//! backends turn each step into an [`Observed`]: the whole observation (status, every response
+//! header, the body, the request as the upstream saw it, the filter's metrics after the step),
+//! normalised the same way. The fidelity tests assert that every step meets its expectations on
+//! both and that [`compare_all`] finds no difference; the only fields left out are listed, each
+//! with its reason, in [`EXCLUDED_RESPONSE_HEADERS`], [`MASKED_RESPONSE_VALUES`] (the
+//! clock-derived part of a value only)
+//! and [`EXCLUDED_UPSTREAM_HEADERS`].
 //!
 //! The host emulates the project's upstream test server (`switchyard-upstream`) just enough for
 //! the observations: status from `?status=` or `x-echo-status`, `x-upstream-id`, extra
-//! `?header=Name:Value` headers, and a JSON echo body.
+//! `?header=Name:Value` headers, `content-length`, no body for 204/304/`HEAD`, and its JSON
+//! echo body. What Envoy adds around the filter chain is added on the host too: to the
+//! requests, `content-length` as the test client sends it, then `x-forwarded-proto: http` and an
+//! `x-request-id` from the connection manager; after the filter, the router's
+//! `x-envoy-expected-rq-timeout-ms`; and `upstream.address` once a request reached the upstream.
+//! The host runs Envoy's main-thread VMs too ([`crate::HostBuilder::main_thread`]).
 
 use crate::host::Host;
 use crate::types::{header_lossy, Message};
 use std::time::Duration;
 
-/// Looks up a request header as the upstream saw it.
-pub type HeaderLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
 /// Upstream id both backends use.
 pub const UPSTREAM_ID: &str = "u1";
 /// Cluster name both backends route to.
 pub const CLUSTER: &str = "backend";
+/// `upstream.address` on the host once a request reached the (emulated) upstream.
+pub const UPSTREAM_ADDRESS: &str = "127.0.0.1:40000";
 
 /// A named sequence of requests through one filter with one configuration.
 #[derive(Debug, Clone)]
@@ -152,46 +161,52 @@ impl Step {
         self
     }
 
-    /// Builds the observation from a backend's view of the response.
+    /// Builds the observation from a backend's whole view of the step: the response the client
+    /// got (status, every header, body), the request as the upstream saw it (`None`: never
+    /// reached) and the metrics after the step (Envoy's `wasmcustom.` prefix is dropped). The
+    /// exclusions ([`EXCLUDED_RESPONSE_HEADERS`], [`MASKED_RESPONSE_VALUES`],
+    /// [`EXCLUDED_UPSTREAM_HEADERS`]) are applied here,
+    /// so both backends' observations are normalised the same way.
     pub fn observe(
         &self,
         status: u32,
-        response_header: impl Fn(&str) -> Option<String>,
-        upstream_header: Option<HeaderLookup<'_>>,
-        body: &str,
+        headers: impl IntoIterator<Item = (String, String)>,
+        body: &[u8],
+        upstream: Option<UpstreamView>,
+        metrics: impl IntoIterator<Item = (String, u64)>,
     ) -> Observed {
-        Observed {
+        let mut metrics: Vec<(String, u64)> = metrics
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix("wasmcustom.").unwrap_or(&k).to_string(), v))
+            .filter(|(k, _)| k.starts_with(METRIC_PREFIX))
+            .collect();
+        metrics.sort();
+        let mut observed = Observed {
             status,
-            recorded: self
-                .record_headers
-                .iter()
-                .map(|name| (name.clone(), response_header(name)))
-                .chain(self.record_upstream_headers.iter().map(|name| {
-                    (
-                        format!("upstream {name}"),
-                        upstream_header.and_then(|get| get(name)),
-                    )
-                }))
-                .collect(),
-            headers: self
-                .expect_headers
-                .iter()
-                .map(|(name, _)| (name.clone(), response_header(name)))
-                .collect(),
-            upstream_reached: upstream_header.is_some(),
-            upstream_headers: match upstream_header {
-                Some(get) => self
-                    .expect_upstream_headers
-                    .iter()
-                    .map(|(name, _)| (name.clone(), get(name)))
-                    .collect(),
-                None => Vec::new(),
-            },
-            body_matches: self
-                .expect_body_contains
-                .as_ref()
-                .map(|text| body.contains(text.as_str())),
-        }
+            headers: normalise_headers(headers, EXCLUDED_RESPONSE_HEADERS, MASKED_RESPONSE_VALUES),
+            body: normalise_body(body),
+            metrics,
+            upstream: upstream.map(|u| UpstreamView {
+                headers: normalise_headers(u.headers, EXCLUDED_UPSTREAM_HEADERS, &[]),
+                ..u
+            }),
+            recorded: Vec::new(),
+        };
+        observed.recorded = self
+            .record_headers
+            .iter()
+            .map(|name| (name.clone(), observed.header(name)))
+            .chain(self.record_upstream_headers.iter().map(|name| {
+                (
+                    format!("upstream {name}"),
+                    observed
+                        .upstream
+                        .as_ref()
+                        .and_then(|u| joined(&u.headers, name)),
+                )
+            }))
+            .collect();
+        observed
     }
 
     /// Checks an observation against this step's expectations.
@@ -202,39 +217,36 @@ impl Step {
                 problems.push(format!("status {} (expected {status})", observed.status));
             }
         }
-        for ((name, expected), (_, got)) in self.expect_headers.iter().zip(&observed.headers) {
-            if expected != got {
+        for (name, expected) in &self.expect_headers {
+            let got = observed.header(name);
+            if *expected != got {
                 problems.push(format!(
                     "response header {name}: {got:?} (expected {expected:?})"
                 ));
             }
         }
         if let Some(reached) = self.expect_upstream {
-            if observed.upstream_reached != reached {
+            if observed.upstream.is_some() != reached {
                 problems.push(format!(
                     "upstream reached: {} (expected {reached})",
-                    observed.upstream_reached
+                    observed.upstream.is_some()
                 ));
             }
         }
-        if observed.upstream_reached {
-            for ((name, expected), (_, got)) in self
-                .expect_upstream_headers
-                .iter()
-                .zip(&observed.upstream_headers)
-            {
-                if expected != got {
+        if let Some(upstream) = &observed.upstream {
+            for (name, expected) in &self.expect_upstream_headers {
+                let got = joined(&upstream.headers, name);
+                if *expected != got {
                     problems.push(format!(
                         "upstream header {name}: {got:?} (expected {expected:?})"
                     ));
                 }
             }
         }
-        if observed.body_matches == Some(false) {
-            problems.push(format!(
-                "body does not contain {:?}",
-                self.expect_body_contains.as_deref().unwrap_or("")
-            ));
+        if let Some(text) = &self.expect_body_contains {
+            if !observed.body.contains(text.as_str()) {
+                problems.push(format!("body does not contain {text:?}"));
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -244,16 +256,270 @@ impl Step {
     }
 }
 
-/// What a backend showed for one step (only what the step's expectations look at).
+/// Prefix of the metrics compared: the filter's own (`switchyard.<filter>.*`; a scenario loads
+/// one filter, so every `switchyard.` metric is that filter's). Envoy shows them as
+/// `wasmcustom.switchyard.<filter>.*`.
+pub const METRIC_PREFIX: &str = "switchyard.";
+
+/// Response headers left out of the comparison, each with the reason it legitimately differs
+/// between a real proxy and the module host. None is set by a filter in any scenario (one a
+/// filter set would be dropped too), so keep this list short.
+pub const EXCLUDED_RESPONSE_HEADERS: &[(&str, &str)] = &[
+    (
+        "date",
+        "Envoy's codec adds the wall-clock time to every response (the host has no codec, and \
+         its clock is virtual)",
+    ),
+    (
+        "server",
+        "Envoy's connection manager adds `server: envoy` to every response",
+    ),
+    (
+        "connection",
+        "hop-by-hop: Envoy answers the test client's `Connection: close` in kind; the host has \
+         no connections",
+    ),
+    (
+        "x-envoy-upstream-service-time",
+        "Envoy's router adds the upstream's real latency in milliseconds",
+    ),
+];
+
+/// Response header values derived from a clock, compared with the clock-derived part masked
+/// (`(clock)`): Envoy's wall clock (and the upstream's `date`, whole seconds) can cross a second
+/// boundary between two steps, where the host's virtual clock stands still unless a step waits.
+/// Presence, number and the rest of the value are still compared. `(header, parameter or the
+/// whole value, reason)`.
+pub const MASKED_RESPONSE_VALUES: &[(&str, Option<&str>, &str)] = &[
+    ("age", None, "a stored response's age in whole seconds"),
+    (
+        "cache-status",
+        Some("ttl"),
+        "RFC 9211 `ttl`: the freshness lifetime minus the age",
+    ),
+];
+
+/// Request headers as the upstream saw them (also inside the upstream's JSON echo body) left
+/// out of the comparison.
+pub const EXCLUDED_UPSTREAM_HEADERS: &[(&str, &str)] = &[(
+    "x-request-id",
+    "Envoy's connection manager generates a random UUID per request (the host's requests carry \
+     a fixed one of the same length)",
+)];
+
+/// The request as the upstream saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamView {
+    pub method: String,
+    /// Path with the query string.
+    pub path: String,
+    /// Every header (`host` for `:authority`, no other pseudo headers), names lowercase; after
+    /// [`Step::observe`] sorted by name, repeats in arrival order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a backend showed for one step: the whole observation, normalised by [`Step::observe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub status: u32,
-    /// Values of the recorded headers (`upstream <name>` for upstream request headers).
+    /// Every response header but the [`EXCLUDED_RESPONSE_HEADERS`] (the values of the
+    /// [`MASKED_RESPONSE_VALUES`] masked), names lowercase, sorted by
+    /// name with repeats in order.
+    pub headers: Vec<(String, String)>,
+    /// The response body (lossy UTF-8); in the upstream's JSON echo (also when replayed from a
+    /// cache) without the [`EXCLUDED_UPSTREAM_HEADERS`].
+    pub body: String,
+    /// The filter's metrics (counters and gauges) after the step, sorted by name.
+    pub metrics: Vec<(String, u64)>,
+    /// `None`: the request never reached the upstream.
+    pub upstream: Option<UpstreamView>,
+    /// Values of the step's recorded headers (`upstream <name>` for upstream request headers).
     pub recorded: Vec<(String, Option<String>)>,
-    pub headers: Vec<(String, Option<String>)>,
-    pub upstream_reached: bool,
-    pub upstream_headers: Vec<(String, Option<String>)>,
-    pub body_matches: Option<bool>,
+}
+
+impl Observed {
+    /// A response header's values joined with `, ` (`None` when absent).
+    pub fn header(&self, name: &str) -> Option<String> {
+        joined(&self.headers, name)
+    }
+}
+
+fn joined(headers: &[(String, String)], name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+fn normalise_headers(
+    headers: impl IntoIterator<Item = (String, String)>,
+    excluded: &[(&str, &str)],
+    masked: &[(&str, Option<&str>, &str)],
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = headers
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .filter(|(k, _)| !excluded.iter().any(|(x, _)| x == k))
+        .map(|(k, v)| {
+            let v = masked
+                .iter()
+                .filter(|(name, _, _)| *name == k)
+                .fold(v, |v, (_, param, _)| mask(&v, *param));
+            (k, v)
+        })
+        .collect();
+    // Stable: repeats of one name keep their order.
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// `value` with the whole of it (`param` `None`) or each `param=` item of a `;`-separated list
+/// replaced by `(clock)`.
+fn mask(value: &str, param: Option<&str>) -> String {
+    let Some(param) = param else {
+        return "(clock)".to_string();
+    };
+    value
+        .split(';')
+        .map(|item| {
+            let trimmed = item.trim_start();
+            match trimmed.split_once('=') {
+                Some((name, _)) if name.trim() == param => {
+                    format!("{}{param}=(clock)", &item[..item.len() - trimmed.len()])
+                }
+                _ => item.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The body as text; the upstream's JSON echo without the excluded request headers,
+/// re-serialised (keys sorted).
+fn normalise_body(body: &[u8]) -> String {
+    if let Ok(serde_json::Value::Object(mut echo)) = serde_json::from_slice(body) {
+        if echo.get("upstream").and_then(|u| u.as_str()) == Some(UPSTREAM_ID) {
+            if let Some(serde_json::Value::Object(headers)) = echo.get_mut("headers") {
+                for (name, _) in EXCLUDED_UPSTREAM_HEADERS {
+                    headers.remove(*name);
+                }
+                return serde_json::Value::Object(echo).to_string();
+            }
+        }
+    }
+    String::from_utf8_lossy(body).into_owned()
+}
+
+fn header_differences(
+    what: &str,
+    (a_name, a): (&str, &[(String, String)]),
+    (b_name, b): (&str, &[(String, String)]),
+    out: &mut Vec<String>,
+) {
+    let mut names: Vec<&String> = a.iter().chain(b).map(|(k, _)| k).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let (x, y) = (joined(a, name), joined(b, name));
+        if x != y {
+            out.push(format!("{what} {name}: {a_name} {x:?} vs {b_name} {y:?}"));
+        }
+    }
+}
+
+/// Every difference between two backends' observations of one step, field by field.
+pub fn differences(a_name: &str, a: &Observed, b_name: &str, b: &Observed) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.status != b.status {
+        out.push(format!(
+            "status: {a_name} {} vs {b_name} {}",
+            a.status, b.status
+        ));
+    }
+    header_differences(
+        "response header",
+        (a_name, &a.headers),
+        (b_name, &b.headers),
+        &mut out,
+    );
+    if a.body != b.body {
+        out.push(format!(
+            "body: {a_name} {:?} vs {b_name} {:?}",
+            a.body, b.body
+        ));
+    }
+    let mut metrics: Vec<&String> = a.metrics.iter().chain(&b.metrics).map(|(k, _)| k).collect();
+    metrics.sort();
+    metrics.dedup();
+    for name in metrics {
+        let value = |m: &[(String, u64)]| m.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        let (x, y) = (value(&a.metrics), value(&b.metrics));
+        if x != y {
+            out.push(format!("metric {name}: {a_name} {x:?} vs {b_name} {y:?}"));
+        }
+    }
+    match (&a.upstream, &b.upstream) {
+        (Some(x), Some(y)) => {
+            if (&x.method, &x.path) != (&y.method, &y.path) {
+                out.push(format!(
+                    "upstream request: {a_name} {} {} vs {b_name} {} {}",
+                    x.method, x.path, y.method, y.path
+                ));
+            }
+            header_differences(
+                "upstream header",
+                (a_name, &x.headers),
+                (b_name, &y.headers),
+                &mut out,
+            );
+        }
+        (None, None) => {}
+        (x, y) => out.push(format!(
+            "upstream reached: {a_name} {} vs {b_name} {}",
+            x.is_some(),
+            y.is_some()
+        )),
+    }
+    if a.recorded != b.recorded {
+        out.push(format!(
+            "recorded: {a_name} {:?} vs {b_name} {:?}",
+            a.recorded, b.recorded
+        ));
+    }
+    out
+}
+
+/// Compares two backends' observations of a scenario step by step; the error lists every
+/// difference of every step.
+pub fn compare_all(
+    scenario: &Scenario,
+    (a_name, a): (&str, &[Observed]),
+    (b_name, b): (&str, &[Observed]),
+) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if a.len() != b.len() {
+        problems.push(format!(
+            "{a_name} observed {} steps, {b_name} {}",
+            a.len(),
+            b.len()
+        ));
+    }
+    for (i, ((step, x), y)) in scenario.steps.iter().zip(a).zip(b).enumerate() {
+        for d in differences(a_name, x, b_name, y) {
+            problems.push(format!("step {i} ({} {}): {d}", step.method, step.path));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "scenario {:?}: {a_name} and {b_name} disagree:\n  {}",
+            scenario.name,
+            problems.join("\n  ")
+        ))
+    }
 }
 
 /// Checks every step's observation; the error names the scenario, backend and step.
@@ -269,9 +535,11 @@ pub fn check_all(scenario: &Scenario, backend: &str, observed: &[Observed]) -> R
     Ok(())
 }
 
-/// Emulates `switchyard-upstream`'s answer to a request.
+/// Emulates `switchyard-upstream`'s answer to a request (an HTTP/1.1 upstream: `:authority`
+/// arrives as `host`).
 pub fn emulate_upstream(request: &Message) -> Message {
     let path = request.header(":path").unwrap_or("/");
+    let method = request.header(":method").unwrap_or("GET");
     let query: Vec<(String, String)> = path
         .split_once('?')
         .map(|(_, q)| {
@@ -291,38 +559,67 @@ pub fn emulate_upstream(request: &Message) -> Message {
     let status = param("status")
         .and_then(|s| s.parse::<u32>().ok())
         .unwrap_or(200);
+    let bodyless = matches!(status, 100..=199 | 204 | 304) || method == "HEAD";
     let mut headers = vec![
         (":status".to_string(), status.to_string().into_bytes()),
         ("x-upstream-id".to_string(), UPSTREAM_ID.as_bytes().to_vec()),
-        ("content-type".to_string(), b"application/json".to_vec()),
     ];
+    if !bodyless {
+        headers.push(("content-type".to_string(), b"application/json".to_vec()));
+    }
     for (_, v) in query.iter().filter(|(k, _)| k == "header") {
         if let Some((name, value)) = v.split_once(':') {
-            headers.push((
-                name.trim().to_ascii_lowercase(),
-                value.trim().as_bytes().to_vec(),
-            ));
+            let name = name.trim().to_ascii_lowercase();
+            // As the server: framing is its own business, a chosen content-type replaces the
+            // default.
+            if name == "content-length" || name == "transfer-encoding" {
+                continue;
+            }
+            if name == "content-type" {
+                headers.retain(|(k, _)| k != "content-type");
+            }
+            headers.push((name, value.trim().as_bytes().to_vec()));
         }
     }
+    if bodyless {
+        return Message {
+            headers,
+            body: Vec::new(),
+            trailers: Vec::new(),
+        };
+    }
     let mut echoed = serde_json::Map::new();
-    for (k, v) in request.headers.iter().filter(|(k, _)| !k.starts_with(':')) {
+    for (k, v) in &request.headers {
+        let k = match k.as_str() {
+            ":authority" => "host",
+            k if k.starts_with(':') => continue,
+            k => k,
+        };
         let v = String::from_utf8_lossy(v);
         let joined = match echoed.get(k).and_then(|e| e.as_str()) {
             Some(prev) => format!("{prev}, {v}"),
             None => v.into_owned(),
         };
-        echoed.insert(k.clone(), serde_json::Value::String(joined));
+        echoed.insert(k.to_string(), serde_json::Value::String(joined));
     }
     let body = serde_json::json!({
         "upstream": UPSTREAM_ID,
-        "method": request.header(":method").unwrap_or("GET"),
+        "method": method,
+        "version": "HTTP/1.1",
         "path": path.split('?').next().unwrap_or("/"),
+        "query": path.split_once('?').map(|(_, q)| q),
         "headers": echoed,
         "body_len": request.body.len(),
     });
+    let body = body.to_string().into_bytes();
+    // The server frames its whole bodies with a length (Envoy passes it on to the filters).
+    headers.push((
+        "content-length".to_string(),
+        body.len().to_string().into_bytes(),
+    ));
     Message {
         headers,
-        body: body.to_string().into_bytes(),
+        body,
         trailers: Vec::new(),
     }
 }
@@ -355,6 +652,36 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The request as it leaves Envoy's router after the filter chain: with the route's timeout
+/// (the default, 15 s).
+fn routed(request: &Message) -> Message {
+    let mut request = request.clone();
+    request.headers.push((
+        "x-envoy-expected-rq-timeout-ms".to_string(),
+        b"15000".to_vec(),
+    ));
+    request
+}
+
+/// The request as the upstream saw it, from the host's upstream message.
+fn upstream_view(m: &Message) -> UpstreamView {
+    let m = &routed(m);
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    UpstreamView {
+        method: m.header(":method").unwrap_or("GET").to_string(),
+        path: m.header(":path").unwrap_or("/").to_string(),
+        headers: m
+            .headers
+            .iter()
+            .filter_map(|(k, v)| match k.as_str() {
+                ":authority" => Some(("host".to_string(), text(v))),
+                k if k.starts_with(':') => None,
+                k => Some((k.to_string(), text(v))),
+            })
+            .collect(),
+    }
+}
+
 /// Runs a scenario on this host with `workers` worker VMs, alternating requests across them
 /// (Envoy spreads connections over its workers too). Fails on a host error, not on unmet
 /// expectations: those are for [`check_all`].
@@ -363,10 +690,15 @@ pub fn run_on_host(scenario: &Scenario, workers: usize) -> Result<Vec<Observed>,
     let mut host = Host::filter(&scenario.filter)
         .map_err(|e| e.to_string())?
         .workers(workers)
+        .main_thread()
         .property("cluster_name", CLUSTER)
+        // Envoy reports the upstream test server's loopback address, with an ephemeral (five
+        // digit) port: what a filter records of it (the cache stores it with each entry, which
+        // `bytes_in_use` counts) has the same length.
+        .property("upstream.address", UPSTREAM_ADDRESS)
         .configure(config)
         .map_err(|e| e.to_string())?;
-    host.set_upstream(emulate_upstream);
+    host.set_upstream(|request| emulate_upstream(&routed(request)));
     let mut observed = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
         if let Some(wait) = step.wait {
@@ -381,6 +713,23 @@ pub fn run_on_host(scenario: &Scenario, workers: usize) -> Result<Vec<Observed>,
         for (k, v) in &step.headers {
             request = request.header(k, v);
         }
+        // What the Envoy side's test client adds (`switchyard_harness::Request`) ...
+        let has = |name: &str| step.headers.iter().any(|(k, _)| k == name);
+        if (step.body.is_some() || matches!(step.method.as_str(), "POST" | "PUT" | "PATCH"))
+            && !has("content-length")
+            && !has("transfer-encoding")
+        {
+            let len = step.body.as_ref().map_or(0, Vec::len);
+            request = request.header("content-length", &len.to_string());
+        }
+        // ... and what Envoy's connection manager adds before the filter chain (a request id
+        // of the same length as Envoy's random UUIDs).
+        if !has("x-forwarded-proto") {
+            request = request.header("x-forwarded-proto", "http");
+        }
+        if !has("x-request-id") {
+            request = request.header("x-request-id", &format!("00000000-0000-4000-8000-{i:012}"));
+        }
         if let Some(body) = &step.body {
             request = request.body(body.clone());
         }
@@ -393,27 +742,24 @@ pub fn run_on_host(scenario: &Scenario, workers: usize) -> Result<Vec<Observed>,
             ));
         }
         let response = out.response.clone().unwrap_or_default();
-        let upstream = out.upstream.clone();
-        let upstream_get = upstream.as_ref().map(|m| {
-            move |name: &str| -> Option<String> {
-                let values: Vec<String> = m
+        let metrics: Vec<(String, u64)> = host
+            .metrics()
+            .into_iter()
+            .filter(|(name, _)| host.histogram(name).is_none())
+            .collect();
+        observed.push(
+            step.observe(
+                response.status().unwrap_or(0),
+                response
                     .headers
                     .iter()
-                    .filter(|(k, _)| k == name)
-                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                    .collect();
-                (!values.is_empty()).then(|| values.join(", "))
-            }
-        });
-        let upstream_dyn: Option<HeaderLookup<'_>> = upstream_get
-            .as_ref()
-            .map(|f| f as &dyn Fn(&str) -> Option<String>);
-        observed.push(step.observe(
-            response.status().unwrap_or(0),
-            |name| header_lossy(&response.headers, name),
-            upstream_dyn,
-            &response.body_text(),
-        ));
+                    .filter(|(k, _)| !k.starts_with(':'))
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())),
+                &response.body,
+                out.upstream.as_ref().map(upstream_view),
+                metrics,
+            ),
+        );
     }
     Ok(observed)
 }
@@ -443,8 +789,31 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
         assert_eq!(body["headers"]["x-a"], "1, 2");
         assert_eq!(body["path"], "/x");
-        let by_header = emulate_upstream(&msg(&[(":path", "/"), ("x-echo-status", "201")]));
+        assert_eq!(
+            body["query"],
+            "status=503&header=Cache-Control:max-age%3D60"
+        );
+        assert_eq!(
+            answer.header("content-length"),
+            Some(answer.body.len().to_string().as_str())
+        );
+        let by_header = emulate_upstream(&msg(&[
+            (":path", "/"),
+            (":authority", "localhost"),
+            ("x-echo-status", "201"),
+        ]));
         assert_eq!(by_header.status(), Some(201));
+        let body: serde_json::Value = serde_json::from_slice(&by_header.body).unwrap_or_default();
+        assert_eq!(body["headers"]["host"], "localhost");
+        let empty = emulate_upstream(&msg(&[(":path", "/?status=204")]));
+        assert_eq!((empty.status(), empty.body.len()), (Some(204), 0));
+        assert_eq!(empty.header("content-type"), None);
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -454,14 +823,124 @@ mod tests {
             .expect_header("x-a", "1")
             .expect_no_header("x-b")
             .upstream(false);
-        let good = step.observe(429, |n| (n == "x-a").then(|| "1".to_string()), None, "");
+        let good = step.observe(429, pairs(&[("x-a", "1")]), b"", None, Vec::new());
         assert_eq!(step.check(&good), Ok(()));
-        let get = |_: &str| Some("v".to_string());
-        let bad = step.observe(200, |_| Some("2".to_string()), Some(&get), "");
+        let reached = UpstreamView {
+            method: "GET".into(),
+            path: "/".into(),
+            headers: Vec::new(),
+        };
+        let bad = step.observe(
+            200,
+            pairs(&[("x-a", "2"), ("x-b", "v")]),
+            b"",
+            Some(reached),
+            Vec::new(),
+        );
         let err = step.check(&bad).err().unwrap_or_default();
         assert!(err.contains("status 200"), "{err}");
         assert!(err.contains("x-a"), "{err}");
         assert!(err.contains("x-b"), "{err}");
         assert!(err.contains("upstream reached: true"), "{err}");
+    }
+
+    /// The comparison looks at the whole observation, not only what a step expects: a planted
+    /// extra header, a changed body, metric or upstream header are each reported; the excluded
+    /// headers and the order of distinct headers are not.
+    #[test]
+    fn comparison_reports_a_planted_difference() {
+        let scenario = Scenario::new("planted", "probe", serde_json::json!({}))
+            .step(Step::get("/").status(200));
+        let step = &scenario.steps[0];
+        let upstream = |extra: &[(&str, &str)]| {
+            let mut headers = pairs(&[("host", "localhost"), ("x-request-id", "a")]);
+            headers.extend(pairs(extra));
+            Some(UpstreamView {
+                method: "GET".into(),
+                path: "/".into(),
+                headers,
+            })
+        };
+        let base = |headers: &[(&str, &str)], body: &[u8], count: u64, up: &[(&str, &str)]| {
+            vec![step.observe(
+                200,
+                pairs(headers),
+                body,
+                upstream(up),
+                vec![
+                    ("wasmcustom.switchyard.probe.requests".to_string(), count),
+                    ("cluster.backend.upstream_rq_total".to_string(), count + 7),
+                ],
+            )]
+        };
+        let host = base(
+            &[
+                ("x-a", "1"),
+                ("content-length", "2"),
+                ("age", "0"),
+                ("cache-status", "switchyard; hit; ttl=300"),
+            ],
+            b"ok",
+            1,
+            &[],
+        );
+        // Only excluded headers, clock-derived values and the order of distinct names differ.
+        let same = base(
+            &[
+                ("server", "envoy"),
+                ("cache-status", "switchyard; hit; ttl=299"),
+                ("age", "1"),
+                ("content-length", "2"),
+                ("X-A", "1"),
+                ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            ],
+            b"ok",
+            1,
+            &[],
+        );
+        assert_eq!(
+            compare_all(&scenario, ("wasmhost", &host), ("envoy", &same)),
+            Ok(())
+        );
+        // The step expects nothing about these, and each is still a difference.
+        let planted = base(&[("x-a", "1"), ("x-planted", "1")], b"ok", 1, &[]);
+        let err = compare_all(&scenario, ("wasmhost", &host), ("envoy", &planted))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains(r#"response header x-planted: wasmhost None vs envoy Some("1")"#),
+            "{err}"
+        );
+        let others = base(&[("x-a", "1")], b"ko", 2, &[("x-extra", "1")]);
+        let err = compare_all(&scenario, ("wasmhost", &host), ("envoy", &others))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("body: "), "{err}");
+        assert!(
+            err.contains("metric switchyard.probe.requests: wasmhost Some(1) vs envoy Some(2)"),
+            "{err}"
+        );
+        assert!(err.contains("upstream header x-extra"), "{err}");
+        assert!(err.contains("response header content-length"), "{err}");
+        assert!(!err.contains("upstream_rq_total"), "{err}");
+        // Masking keeps the rest of a value compared.
+        let miss = base(
+            &[
+                ("x-a", "1"),
+                ("content-length", "2"),
+                ("age", "0"),
+                ("cache-status", "switchyard; fwd=miss; ttl=300"),
+            ],
+            b"ok",
+            1,
+            &[],
+        );
+        let err = compare_all(&scenario, ("wasmhost", &host), ("envoy", &miss))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains(r#"wasmhost Some("switchyard; hit; ttl=(clock)") vs envoy Some("switchyard; fwd=miss; ttl=(clock)")"#),
+            "{err}"
+        );
     }
 }

@@ -1,14 +1,43 @@
 //! Fidelity: the same scenarios run on this host and on a real Envoy (via `switchyard-harness`)
-//! must meet their expectations on both and produce identical observations.
+//! must meet their expectations on both and produce the same whole observation at every step:
+//! status, every response header, body, the request as the upstream saw it and the filter's
+//! metrics (`scenario::compare_all`; the few fields left out, each with its reason, are
+//! `scenario::EXCLUDED_RESPONSE_HEADERS` and `EXCLUDED_UPSTREAM_HEADERS`).
 
 use serde_json::json;
 use std::time::Duration;
 use switchyard_harness::Envoy;
 use switchyard_upstream::Upstream;
 use switchyard_wasmhost::scenario::{
-    check_all, run_on_host, Observed, Scenario, Step, CLUSTER, UPSTREAM_ID,
+    check_all, compare_all, run_on_host, Observed, Scenario, Step, UpstreamView, CLUSTER,
+    METRIC_PREFIX, UPSTREAM_ID,
 };
 use switchyard_wasmhost::{Host, HostError};
+
+/// The filter's metrics once the step is over. A filter may count in `on_log`, which Envoy runs
+/// after the response reached the client: wait until no request is active and two reads agree.
+fn settled_metrics(envoy: &Envoy) -> Vec<(String, u64)> {
+    let read = || -> (bool, Vec<(String, u64)>) {
+        let stats = envoy.stats();
+        let idle = stats.get("http.ingress.downstream_rq_active") == Some(&0);
+        let prefix = format!("wasmcustom.{METRIC_PREFIX}");
+        let metrics = stats
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        (idle, metrics)
+    };
+    let mut last = read();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = read();
+        if now.0 && now == last {
+            return now.1;
+        }
+        last = now;
+    }
+    panic!("Envoy's metrics did not settle: {:?}", last.1)
+}
 
 fn run_on_envoy(scenario: &Scenario) -> Vec<Observed> {
     let upstream = Upstream::start(UPSTREAM_ID).expect("upstream starts");
@@ -24,6 +53,11 @@ fn run_on_envoy(scenario: &Scenario) -> Vec<Observed> {
                 std::thread::sleep(wait);
             }
             let mut request = envoy.request(&step.method, &step.path);
+            // The host's requests have `:authority: localhost`; the client would send the
+            // listener's address.
+            if !step.headers.iter().any(|(k, _)| k == "host") {
+                request = request.header("host", "localhost");
+            }
             for (k, v) in &step.headers {
                 request = request.header(k, v);
             }
@@ -32,36 +66,37 @@ fn run_on_envoy(scenario: &Scenario) -> Vec<Observed> {
             }
             let before = upstream.count();
             let response = request.send();
-            // Counted by the upstream itself: a cached response replays `x-upstream-id`.
-            let reached = upstream.count() > before;
-            let echo: Option<serde_json::Value> =
-                reached.then(|| serde_json::from_slice(&response.body).unwrap_or_default());
-            let upstream_header = |name: &str| -> Option<String> {
-                echo.as_ref()
-                    .and_then(|e| e["headers"][name].as_str().map(str::to_string))
-            };
+            // Recorded by the upstream itself: a cached response replays `x-upstream-id`.
+            let seen = (upstream.count() > before)
+                .then(|| upstream.requests().pop())
+                .flatten()
+                .map(|r| UpstreamView {
+                    method: r.method,
+                    path: match r.query {
+                        Some(q) => format!("{}?{q}", r.path),
+                        None => r.path,
+                    },
+                    headers: r.headers,
+                });
             step.observe(
                 u32::from(response.status),
-                |name| response.header(name).map(str::to_string),
-                echo.as_ref()
-                    .map(|_| &upstream_header as &dyn Fn(&str) -> Option<String>),
-                &response.text(),
+                response.headers.clone(),
+                &response.body,
+                seen,
+                settled_metrics(&envoy),
             )
         })
         .collect()
 }
 
-/// Runs on both backends; each must meet the expectations and they must agree.
+/// Runs on both backends; each must meet the expectations and the whole observations must agree.
 fn assert_same_on_both(scenario: Scenario) {
     let host = run_on_host(&scenario, 2).unwrap_or_else(|e| panic!("{e}"));
     check_all(&scenario, "wasmhost", &host).unwrap_or_else(|e| panic!("{e}"));
     let envoy = run_on_envoy(&scenario);
     check_all(&scenario, "envoy", &envoy).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        host, envoy,
-        "scenario {:?}: host and Envoy disagree",
-        scenario.name
-    );
+    compare_all(&scenario, ("wasmhost", &host), ("envoy", &envoy))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn probe() -> serde_json::Value {
@@ -345,7 +380,9 @@ fn hashring_same_key_same_host_list() {
         .as_deref()
         .is_some_and(|v| v.starts_with("10.0.0."))));
     let envoy = run_on_envoy(&scenario);
-    assert_eq!(host, envoy, "host and Envoy disagree");
+    check_all(&scenario, "envoy", &envoy).unwrap_or_else(|e| panic!("{e}"));
+    compare_all(&scenario, ("wasmhost", &host), ("envoy", &envoy))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 // ---- configuration rejection -----------------------------------------------------------------
@@ -433,10 +470,14 @@ fn ratelimit_matchers_and_legacy_headers() {
                     .expect_header("x-ratelimit-remaining", "0"),
             )
             .step(
+                // The retry time counts from the first POST: Envoy's clock always moves between
+                // two requests, the host's only when a step waits.
                 Step::new("POST", "/api/a")
+                    .after(Duration::from_millis(5))
                     .header("x-user-id", "u")
                     .body("2")
-                    .status(429),
+                    .status(429)
+                    .expect_header("retry-after", "60"),
             )
             .step(
                 Step::new("POST", "/other")
