@@ -1,7 +1,7 @@
 //! The cache filter's configuration and its validation.
 
 use crate::key::{KeySpec, QueryKey};
-use crate::store::Eviction;
+use crate::store::{Eviction, StoreConfig};
 use serde::Deserialize;
 use switchyard_core::config::index_path;
 use switchyard_core::{parse_config, ConfigError, Duration, Matcher};
@@ -151,6 +151,20 @@ pub struct Config {
     pub coalesce_timeout: Duration,
     pub tag_headers: Vec<String>,
     pub cache_status_name: String,
+}
+
+impl Config {
+    /// The store's settings, its shared-data keys under `prefix`.
+    pub fn store_config(&self, prefix: &str) -> StoreConfig {
+        StoreConfig {
+            prefix: prefix.to_string(),
+            max_bytes: self.max_bytes,
+            slots: self.slots,
+            eviction: self.eviction,
+            sample: self.eviction_sample,
+            writing_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// Smallest entry the default slot count plans for: one slot per 16 KiB of `max_bytes`.

@@ -1,12 +1,16 @@
 //! Switchyard response cache: an RFC 9111 shared cache (with RFC 5861 stale serving) held in
 //! Envoy's shared data, so a response cached by one worker is a hit on every worker.
 //!
-//! Pure logic: [`rfc`] (Cache-Control, storability, freshness, age), [`key`] (cache keys and
-//! `Vary`), [`store`] (the bounded slot store with lru/lfu/fifo eviction), [`locks`] (request
-//! coalescing), [`respond`] (stored and served headers), [`config`]. The proxy-wasm glue is
-//! `filter`.
+//! Pure logic: [`rfc`] (Cache-Control, storability, freshness, age), [`plan`] (what a request
+//! does with the cache: serve, revalidate, forward, coalesce, purge), [`response_plan`] (what a
+//! response does: store, replace after a 304, serve stale on error, invalidate), [`key`] (cache
+//! keys and `Vary`), [`store`] (the bounded slot store with lru/lfu/fifo eviction), [`locks`]
+//! (request coalescing), [`respond`] (stored and served headers), [`collect`] (bodies being
+//! collected), [`config`]. The proxy-wasm glue is `filter`: it reads what the plans need and
+//! applies their effects.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod collect;
 pub mod config;
 pub mod entry;
 // Natively (tests, the integration crate) the glue is compiled and linted but not registered.
@@ -14,8 +18,12 @@ pub mod entry;
 pub mod filter;
 pub mod key;
 pub mod locks;
+pub mod plan;
 pub mod respond;
+pub mod response_plan;
 pub mod rfc;
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod runtime;
 pub mod store;
 
 /// Parses and validates a configuration exactly as `on_configure` does.
