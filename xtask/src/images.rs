@@ -4,13 +4,17 @@
 //!   bookworm` + `docker import` (the root filesystem tarball is cached in `target/tools/`).
 //! - `switchyard/envoy:<envoy version>` from the pinned Envoy binary (`docker/envoy/Dockerfile`).
 //! - `switchyard/upstream:<version>`, the upstream test server (`docker/upstream/Dockerfile`).
+//! - `switchyard/rls:<version>`, the global rate limit service `switchyard-rls`
+//!   (`docker/rls/Dockerfile`; k8s/base/rls.yaml and docker-compose.yml run it).
+//! - `switchyard/redis:7.0` for the compose stack: the host's Debian `redis-server` and
+//!   `redis-cli` plus the shared libraries the base lacks (`docker/redis/Dockerfile`).
 //! - `switchyard/<filter>:<version>` per filter: `FROM scratch` + `/plugin.wasm`, the layout
 //!   Istio's `WasmPlugin` accepts (`k8s/images/Dockerfile.filter`), and `switchyard/suite` holding
 //!   the suite module `dist/switchyard.wasm` the same way.
 //!
 //! Build contexts are staged under `target/docker/` so that only the needed files are sent to
-//! the engine (the workspace's `target/` is gigabytes). docker-compose.yml builds the upstream
-//! from the same staged context.
+//! the engine (the workspace's `target/` is gigabytes). docker-compose.yml builds the upstream,
+//! rls and redis images from the same staged contexts when they are missing.
 
 use crate::build::{self, Artifacts};
 use crate::docker;
@@ -32,6 +36,20 @@ pub fn envoy_image() -> String {
 
 pub fn upstream_image() -> String {
     format!("switchyard/upstream:{VERSION}")
+}
+
+/// The global rate limit service (`services/rls`).
+pub fn rls_image() -> String {
+    format!("switchyard/rls:{VERSION}")
+}
+
+/// The Redis release the compose stack runs (switchyard-rls is tested with 7.0; Debian
+/// bookworm's `redis-server` is 7.0.x).
+pub const REDIS_VERSION: &str = "7.0";
+
+/// Redis for the compose stack, from the host's `redis-server`.
+pub fn redis_image() -> String {
+    format!("switchyard/redis:{REDIS_VERSION}")
 }
 
 pub fn filter_image(filter: &str) -> String {
@@ -91,6 +109,26 @@ pub fn build_images(artifacts: &Artifacts, envoy_bin: &Path) -> Result<()> {
     )?;
     docker_build(&upstream_ctx, &upstream_image(), &[("BASE_IMAGE", &base)])?;
 
+    let rls_ctx = stage(
+        &staging.join("rls"),
+        &[
+            (artifacts.rls_bin.clone(), build::RLS_PACKAGE),
+            (root.join("docker/rls/Dockerfile"), "Dockerfile"),
+        ],
+    )?;
+    docker_build(&rls_ctx, &rls_image(), &[("BASE_IMAGE", &base)])?;
+
+    let mut redis_files = redis_binaries()?;
+    for file in ["Dockerfile", "docker-entrypoint.sh"] {
+        redis_files.push((root.join("docker/redis").join(file), file.to_owned()));
+    }
+    let redis_refs: Vec<(PathBuf, &str)> = redis_files
+        .iter()
+        .map(|(from, to)| (from.clone(), to.as_str()))
+        .collect();
+    let redis_ctx = stage(&staging.join("redis"), &redis_refs)?;
+    docker_build(&redis_ctx, &redis_image(), &[("BASE_IMAGE", &base)])?;
+
     // Dockerfile.filter copies `dist/${FILTER}.wasm`: the staged context mirrors that layout.
     let mut filter_files = vec![(
         root.join("k8s/images/Dockerfile.filter"),
@@ -122,7 +160,7 @@ pub fn build_images(artifacts: &Artifacts, envoy_bin: &Path) -> Result<()> {
     )?;
 
     println!("Images:");
-    for image in [envoy_image(), upstream_image()]
+    for image in [envoy_image(), upstream_image(), rls_image(), redis_image()]
         .into_iter()
         .chain(build::FILTERS.iter().map(|f| filter_image(f)))
         .chain([filter_image("suite")])
@@ -201,6 +239,78 @@ fn debootstrap(tarball: &Path) -> Result<()> {
     std::fs::rename(&partial, tarball)
         .map_err(|e| format!("rename {} to {}: {e}", partial.display(), tarball.display()))?;
     remove_dir(&rootfs)
+}
+
+/// The host's `redis-server` and `redis-cli` (symlinks resolved) and every shared library they
+/// load, as (file, name in the build context): `redis-server`, `redis-cli`, `lib/<soname>`.
+/// docker/redis/Dockerfile installs the libraries the base image lacks. Installs the Debian
+/// package first when it is missing and this run may (root with apt-get), as `cargo xtask test`
+/// does for the service tests.
+fn redis_binaries() -> Result<Vec<(PathBuf, String)>> {
+    crate::redis::ensure()
+        .map_err(|e| format!("{e} (needed to build {} offline)", redis_image()))?;
+    let mut files = Vec::new();
+    let mut libs: Vec<(String, PathBuf)> = Vec::new();
+    for tool in ["redis-server", "redis-cli"] {
+        let found = util::output(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+            .map_err(|e| {
+                format!("{tool} is not on PATH ({e}); Debian: `apt-get install redis-server`")
+            })?;
+        let found = PathBuf::from(found.trim());
+        let path = canonical(&found)?;
+        if tool == "redis-server" {
+            // By the name found on PATH: Debian's redis-server is a symlink to redis-check-rdb,
+            // and the binary picks its mode from the name it was started as.
+            let version = util::output(Command::new(&found).arg("--version"))?;
+            let wanted = format!("v={REDIS_VERSION}.");
+            if !version.contains(&wanted) {
+                return Err(format!(
+                    "{} is built from the host's redis-server, but that is `{}`, not {REDIS_VERSION}.x \
+                     (Debian bookworm's redis-server is 7.0); point docker compose at another Redis \
+                     {REDIS_VERSION} image with REDIS_IMAGE instead",
+                    redis_image(),
+                    version.trim()
+                ));
+            }
+        }
+        let ldd = util::output(Command::new("ldd").arg(&path))?;
+        for (soname, lib) in
+            shared_libraries(&ldd).map_err(|e| format!("ldd {}: {e}", path.display()))?
+        {
+            if !libs.iter().any(|(name, _)| *name == soname) {
+                libs.push((soname, canonical(&lib)?));
+            }
+        }
+        files.push((path, tool.to_owned()));
+    }
+    files.extend(
+        libs.into_iter()
+            .map(|(soname, lib)| (lib, format!("lib/{soname}"))),
+    );
+    Ok(files)
+}
+
+/// The libraries in `ldd` output, as (soname, path). Lines without `=>` (the vDSO, the dynamic
+/// loader) are skipped: the base image's glibc provides the loader. A library `ldd` cannot find
+/// is an error.
+fn shared_libraries(ldd: &str) -> Result<Vec<(String, PathBuf)>> {
+    let mut libs = Vec::new();
+    for line in ldd.lines() {
+        let Some((name, rest)) = line.split_once("=>") else {
+            continue;
+        };
+        let name = name.trim();
+        let path = rest.split_whitespace().next().unwrap_or("");
+        if !path.starts_with('/') {
+            return Err(format!("{name} not found"));
+        }
+        libs.push((name.to_owned(), PathBuf::from(path)));
+    }
+    Ok(libs)
+}
+
+fn canonical(path: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(path).map_err(|e| format!("resolve {}: {e}", path.display()))
 }
 
 fn docker() -> Command {
@@ -297,8 +407,117 @@ mod tests {
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 
+    #[test]
+    fn tags_of_the_global_limit_images() {
+        assert_eq!(rls_image(), format!("switchyard/rls:{VERSION}"));
+        assert_eq!(redis_image(), "switchyard/redis:7.0");
+        // docker-compose.yml's defaults are these tags.
+        let compose_file =
+            std::fs::read_to_string(util::workspace_root().join("docker-compose.yml")).unwrap();
+        assert!(compose_file.contains(&format!("${{RLS_IMAGE:-{}}}", rls_image())));
+        assert!(compose_file.contains(&format!("${{REDIS_IMAGE:-{}}}", redis_image())));
+        assert!(compose_file.contains(&format!("${{UPSTREAM_IMAGE:-{}}}", upstream_image())));
+    }
+
+    #[test]
+    fn ldd_output_gives_every_library_and_fails_on_a_missing_one() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibjemalloc.so.2 => /lib/x86_64-linux-gnu/libjemalloc.so.2 (0x00007f61)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f62)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f63)\n";
+        assert_eq!(
+            shared_libraries(ldd).unwrap(),
+            vec![
+                (
+                    "libjemalloc.so.2".to_owned(),
+                    PathBuf::from("/lib/x86_64-linux-gnu/libjemalloc.so.2")
+                ),
+                (
+                    "libc.so.6".to_owned(),
+                    PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6")
+                ),
+            ]
+        );
+        let missing = shared_libraries("\tliblzf.so.1 => not found\n").unwrap_err();
+        assert!(missing.contains("liblzf.so.1"), "{missing}");
+    }
+
+    /// The compose stack's ratelimit configuration is envoy/demo/ratelimit.json plus exactly
+    /// this rule, appended to `rules`: the global limit that `envoy`, `envoy-b` and
+    /// `envoy-suite` share through the `rls` service (the demo runs no rate limit service).
+    const COMPOSE_GLOBAL_RULE: &str = r#"    {
+      "name": "global-per-user",
+      "scope": "global",
+      "match": {"path": {"prefix": "/global"}},
+      "key": [{"literal": "global"}, {"header": "x-user-id"}],
+      "service": {"cluster": "rls", "domain": "switchyard", "timeout": "50ms",
+                  "failure_mode": "allow", "descriptor_keys": ["generic_key", "user"]}
+    }"#;
+
+    /// envoy/demo/ratelimit.json with [`COMPOSE_GLOBAL_RULE`] appended to its `rules`.
+    fn with_compose_global_rule(demo: &str) -> String {
+        let tail = "    }\n  ]\n}";
+        let demo = demo.trim_end();
+        assert!(
+            demo.ends_with(tail),
+            "envoy/demo/ratelimit.json no longer ends with its rules list; update this test"
+        );
+        let head = &demo[..demo.len() - tail.len()];
+        let combined = format!("{head}    }},\n{COMPOSE_GLOBAL_RULE}\n  ]\n}}\n");
+        // Still one JSON document whose last rule is the global one.
+        let parsed: serde_json::Value = serde_json::from_str(&combined).unwrap();
+        let rules = parsed["rules"].as_array().unwrap();
+        assert_eq!(rules.last().unwrap()["name"], "global-per-user");
+        assert_eq!(rules.last().unwrap()["scope"], "global");
+        combined
+    }
+
+    /// The global rule's pieces exist in the stack: the `rls` cluster in both Envoy
+    /// configurations, the service with its limits of domain `switchyard`, and `envoy-b`
+    /// running envoy/compose.yaml.
+    #[test]
+    fn compose_global_rule_has_its_service_in_the_stack() {
+        let root = util::workspace_root();
+        let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+        let compose_file = read("docker-compose.yml");
+        for config in ["envoy/compose.yaml", "envoy/compose-suite.yaml"] {
+            let text = read(config);
+            assert!(text.contains("  - name: rls\n"), "{config}: no cluster rls");
+            assert!(
+                text.contains("socket_address: { address: rls, port_value: 8081 }"),
+                "{config}: cluster rls does not point at the rls service's gRPC port"
+            );
+            assert!(text.contains("http2_protocol_options"), "{config}");
+        }
+        let limits = read("envoy/compose-rls.yaml");
+        assert!(limits.contains("  - domain: switchyard\n"), "{limits}");
+        assert!(limits.contains("value: global"), "{limits}");
+        assert!(limits.contains("- key: user"), "{limits}");
+        for needle in [
+            "./envoy/compose-rls.yaml:/etc/switchyard-rls/limits.yaml:ro",
+            "  envoy-b:\n",
+            "  rls:\n",
+            "  redis:\n",
+            "${SWITCHYARD_B_HTTP_PORT:-10002}",
+            "${SWITCHYARD_B_ADMIN_PORT:-9903}",
+        ] {
+            assert!(
+                compose_file.contains(needle),
+                "docker-compose.yml lacks {needle:?}"
+            );
+        }
+        // envoy and envoy-b both mount envoy/compose.yaml.
+        assert_eq!(
+            compose_file
+                .matches("./envoy/compose.yaml:/etc/envoy/envoy.yaml:ro")
+                .count(),
+            2
+        );
+    }
+
     /// envoy/compose.yaml inlines envoy/demo/<f>.json; only the hashring hosts differ (the
-    /// compose network's fixed upstream IPs instead of the demo's loopback ports).
+    /// compose network's fixed upstream IPs instead of the demo's loopback ports), and the
+    /// ratelimit configuration has [`COMPOSE_GLOBAL_RULE`] appended.
     #[test]
     fn compose_envoy_config_carries_the_demo_filter_configs() {
         let root = util::workspace_root();
@@ -310,6 +529,9 @@ mod tests {
         for filter in build::FILTERS {
             let mut demo =
                 std::fs::read_to_string(root.join(format!("envoy/demo/{filter}.json"))).unwrap();
+            if filter == "ratelimit" {
+                demo = with_compose_global_rule(&demo);
+            }
             if filter == "hashring" {
                 for (demo_addr, compose_addr) in [
                     ("127.0.0.1:8081", "10.213.7.11:8080"),

@@ -1,13 +1,16 @@
 //! The Docker deliverables. The project's docker-compose.yml end to end: bring the stack up
-//! (Envoy with all four filters, upstreams u1-u3), run one smoke scenario per filter through
-//! the published ports, tear it down (also when an assertion fails) and check nothing is left
-//! behind. And the filter OCI images (`switchyard/<filter>:<version>`, Istio `WasmPlugin`
-//! layout).
+//! (Envoys with all four filters, upstreams u1-u3, the rate limit service and its Redis), run
+//! one smoke scenario per filter through the published ports, spread one client over the three
+//! Envoys and check the global limit admits exactly its limit, tear it down (also when an
+//! assertion fails) and check nothing is left behind. And the images: the filter OCI images
+//! (`switchyard/<filter>:<version>`, Istio `WasmPlugin` layout), `switchyard/rls` and
+//! `switchyard/redis`.
 //!
 //! Needs a Docker engine, `docker compose` v2 and the offline images (`cargo xtask images`).
 //! Images: `ENVOY_IMAGE` (default here `switchyard/envoy:1.40.0`, the one `cargo xtask images`
-//! builds; the compose file's own default is the official image), the upstream image that
-//! `cargo xtask images` builds. Nothing is pulled (`--pull never`).
+//! builds; the compose file's own default is the official image), `RLS_IMAGE` (default
+//! `switchyard/rls:<version>`), `REDIS_IMAGE` (default `switchyard/redis:7.0`), the upstream
+//! image that `cargo xtask images` builds. Nothing is pulled (`--pull never`).
 //! Without Docker the test fails saying how to enable it; `SWITCHYARD_SKIP_DOCKER=1` deselects
 //! it explicitly (with a loud notice).
 
@@ -21,6 +24,16 @@ use switchyard_integration::*;
 
 /// The stack's Envoy image when `ENVOY_IMAGE` is not set: the offline one.
 const OFFLINE_ENVOY_IMAGE: &str = "switchyard/envoy:1.40.0";
+
+/// The Redis image when `REDIS_IMAGE` is not set (`cargo xtask images` builds it).
+const OFFLINE_REDIS_IMAGE: &str = "switchyard/redis:7.0";
+
+/// The `global-per-user` rule's limit: envoy/compose-rls.yaml, 5 requests a minute per user.
+const GLOBAL_LIMIT: usize = 5;
+
+fn rls_image() -> String {
+    format!("switchyard/rls:{}", env!("CARGO_PKG_VERSION"))
+}
 
 fn docker_deselected() -> bool {
     let skip = std::env::var("SWITCHYARD_SKIP_DOCKER").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -78,6 +91,11 @@ struct Stack {
     /// `envoy-suite`: the same filters as stages of the suite module.
     suite_http: SocketAddr,
     suite_admin: SocketAddr,
+    /// `envoy-b`: a second Envoy with `envoy`'s configuration.
+    b_http: SocketAddr,
+    b_admin: SocketAddr,
+    /// `rls`: the rate limit service's /healthz /readyz /metrics.
+    rls_http: SocketAddr,
     torn_down: bool,
 }
 
@@ -89,8 +107,20 @@ impl Stack {
         let port = || free_port().expect("free port").to_string();
         let (http, admin) = (port(), port());
         let (suite_http, suite_admin) = (port(), port());
+        let (b_http, b_admin, rls_http) = (port(), port(), port());
+        let image = |var: &str, default: String| {
+            let image = std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or(default);
+            (var.to_string(), image)
+        };
+        let addr =
+            |port: &str| -> SocketAddr { format!("127.0.0.1:{port}").parse().expect("address") };
         let env = vec![
             ("ENVOY_IMAGE".to_string(), envoy_image),
+            image("RLS_IMAGE", rls_image()),
+            image("REDIS_IMAGE", OFFLINE_REDIS_IMAGE.to_string()),
             ("SWITCHYARD_HTTP_PORT".to_string(), http.clone()),
             ("SWITCHYARD_ADMIN_PORT".to_string(), admin.clone()),
             ("SWITCHYARD_SUITE_HTTP_PORT".to_string(), suite_http.clone()),
@@ -98,6 +128,9 @@ impl Stack {
                 "SWITCHYARD_SUITE_ADMIN_PORT".to_string(),
                 suite_admin.clone(),
             ),
+            ("SWITCHYARD_B_HTTP_PORT".to_string(), b_http.clone()),
+            ("SWITCHYARD_B_ADMIN_PORT".to_string(), b_admin.clone()),
+            ("SWITCHYARD_RLS_HTTP_PORT".to_string(), rls_http.clone()),
             ("SWITCHYARD_U1_PORT".to_string(), port()),
             ("SWITCHYARD_U2_PORT".to_string(), port()),
             ("SWITCHYARD_U3_PORT".to_string(), port()),
@@ -106,10 +139,13 @@ impl Stack {
             project: format!("switchyard-test-{}", std::process::id()),
             file: root.join("docker-compose.yml"),
             env,
-            http: format!("127.0.0.1:{http}").parse().expect("address"),
-            admin: format!("127.0.0.1:{admin}").parse().expect("address"),
-            suite_http: format!("127.0.0.1:{suite_http}").parse().expect("address"),
-            suite_admin: format!("127.0.0.1:{suite_admin}").parse().expect("address"),
+            http: addr(&http),
+            admin: addr(&admin),
+            suite_http: addr(&suite_http),
+            suite_admin: addr(&suite_admin),
+            b_http: addr(&b_http),
+            b_admin: addr(&b_admin),
+            rls_http: addr(&rls_http),
             torn_down: false,
         };
         // From here on, Drop tears down whatever came up.
@@ -137,8 +173,29 @@ impl Stack {
     }
 
     fn wait_ready(&self) {
-        self.wait_envoy_ready(self.http, self.admin);
-        self.wait_envoy_ready(self.suite_http, self.suite_admin);
+        // rls is ready when its Redis answers PING.
+        wait_until(
+            "rls answers /readyz with 200 through its published port",
+            Duration::from_secs(60),
+            || {
+                Request::new(self.rls_http, "GET", "/readyz")
+                    .timeout(Duration::from_secs(2))
+                    .try_send()
+                    .is_ok_and(|r| r.status == 200)
+            },
+        );
+        for (http, admin) in self.envoys().map(|(_, http, admin)| (http, admin)) {
+            self.wait_envoy_ready(http, admin);
+        }
+    }
+
+    /// Every Envoy of the stack: (service name, listener, admin).
+    fn envoys(&self) -> [(&'static str, SocketAddr, SocketAddr); 3] {
+        [
+            ("envoy", self.http, self.admin),
+            ("envoy-b", self.b_http, self.b_admin),
+            ("envoy-suite", self.suite_http, self.suite_admin),
+        ]
     }
 
     fn wait_envoy_ready(&self, http: SocketAddr, admin: SocketAddr) {
@@ -276,6 +333,145 @@ fn every_filter_works(http: SocketAddr, what: &str) {
     assert_eq!(users.json()["path"], "/v1/users/42", "rewritten path");
 }
 
+/// The sum of an Envoy's `global_failure_*` counters (the `global-per-user` rule's calls that
+/// the service did not answer in time, or at all, and that its failure_mode decided).
+fn global_failures(admin: SocketAddr) -> u64 {
+    let stats = get(admin, "/stats?filter=global_failure_").send();
+    assert_eq!(stats.status, 200, "{stats:?}");
+    let text = stats.text();
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("global-per-user.global_failure_"))
+        .map(|l| {
+            l.rsplit(':')
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("stat line {l:?}"))
+        })
+        .collect();
+    assert_eq!(
+        values.len(),
+        2,
+        "global_failure_allowed/_denied of global-per-user at {admin}:\n{text}"
+    );
+    values.iter().sum()
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// One client (one `x-user-id`) spread over `envoy`, `envoy-b` and `envoy-suite`: the
+/// `global-per-user` rule (5 a minute, counted by `rls` in Redis) admits exactly 5 in total,
+/// then answers 429 with `Retry-After` on every Envoy. Returns the admitted count.
+fn global_limit_is_shared(stack: &Stack) -> usize {
+    let envoys = stack.envoys();
+    let pid = std::process::id();
+    // Warm-up: each Envoy's HTTP/2 connection to rls, and rls's script in Redis, with users of
+    // their own, until an answer of the service (its RateLimit headers) comes back.
+    let mut warm = 0;
+    for (name, http, _) in envoys {
+        wait_until(
+            &format!("{name} gets answers from rls"),
+            Duration::from_secs(60),
+            || {
+                warm += 1;
+                get(http, "/global/warm-up")
+                    .header("x-user-id", format!("warm-{pid}-{warm}"))
+                    .try_send()
+                    .is_ok_and(|r| {
+                        r.status == 200
+                            && r.header("ratelimit-policy")
+                                .is_some_and(|p| p.contains("global-per-user"))
+                    })
+            },
+        );
+    }
+
+    // The counters are fixed windows aligned to the minute (Redis's clock, the same kernel
+    // clock as here): a run must not cross a minute boundary, and must not contain calls that
+    // the rule's failure_mode decided (50 ms timeout on a loaded machine). Such a run proves
+    // nothing about the shared counter: it is repeated with a new user, up to three times.
+    let requests = 3 * GLOBAL_LIMIT;
+    let mut attempts = Vec::new();
+    for attempt in 1..=3 {
+        let second = unix_seconds() % 60;
+        if second >= 45 {
+            std::thread::sleep(Duration::from_secs(61 - second));
+        }
+        let failures_before: u64 = envoys.iter().map(|e| global_failures(e.2)).sum();
+        let window = unix_seconds() / 60;
+        let user = format!("compose-global-{pid}-{attempt}");
+        let answers: Vec<(&str, u16, Option<String>)> = (0..requests)
+            .map(|i| {
+                let (name, http, _) = envoys[i % envoys.len()];
+                let r = get(http, &format!("/global/orders/{i}"))
+                    .header("x-user-id", &user)
+                    .send();
+                (name, r.status, r.header("retry-after").map(str::to_string))
+            })
+            .collect();
+        let failures: u64 =
+            envoys.iter().map(|e| global_failures(e.2)).sum::<u64>() - failures_before;
+        let crossed = unix_seconds() / 60 != window;
+        if failures > 0 || crossed {
+            eprintln!(
+                "compose: global limit attempt {attempt} does not count ({failures} failure-mode \
+                 decisions, crossed a minute boundary: {crossed}): {answers:?}"
+            );
+            attempts.push(answers);
+            continue;
+        }
+        let admitted = answers.iter().filter(|a| a.1 == 200).count();
+        let statuses: Vec<u16> = answers.iter().map(|a| a.1).collect();
+        let mut expected = vec![200; GLOBAL_LIMIT];
+        expected.resize(requests, 429);
+        assert_eq!(
+            statuses, expected,
+            "one user over three Envoys: exactly {GLOBAL_LIMIT} admitted, then 429: {answers:?}"
+        );
+        for (name, _, retry_after) in &answers[GLOBAL_LIMIT..] {
+            let secs: u64 = retry_after
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: 429 without a Retry-After: {answers:?}"));
+            assert!(
+                (1..=60).contains(&secs),
+                "{name}: Retry-After {secs} is not within the minute window"
+            );
+        }
+        // Each Envoy both admitted and rejected this user's requests.
+        for (name, _, _) in envoys {
+            assert!(answers.iter().any(|a| a.0 == name && a.1 == 200), "{name}");
+            assert!(answers.iter().any(|a| a.0 == name && a.1 == 429), "{name}");
+        }
+        eprintln!(
+            "compose: global limit: {admitted} of {requests} admitted (limit {GLOBAL_LIMIT}) \
+             over envoy, envoy-b and envoy-suite; attempt {attempt}"
+        );
+
+        // The service counted them: its metrics through the published port.
+        let metrics = get(stack.rls_http, "/metrics").send();
+        assert_eq!(metrics.status, 200);
+        let over_limit: u64 = metrics
+            .text()
+            .lines()
+            .find(|l| l.starts_with("switchyard_rls_over_limit_total{domain=\"switchyard\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no over_limit metric:\n{}", metrics.text()));
+        assert!(
+            over_limit >= (requests - GLOBAL_LIMIT) as u64,
+            "rls over_limit_total {over_limit}"
+        );
+        return admitted;
+    }
+    panic!("no clean global limit run in 3 attempts: {attempts:?}");
+}
+
 #[test]
 fn compose_stack_runs_every_filter_and_leaves_nothing_behind() {
     if docker_deselected() {
@@ -286,7 +482,9 @@ fn compose_stack_runs_every_filter_and_leaves_nothing_behind() {
     stack.wait_ready();
 
     every_filter_works(stack.http, "four plugins");
+    every_filter_works(stack.b_http, "four plugins, envoy-b");
     every_filter_works(stack.suite_http, "the suite module");
+    assert_eq!(global_limit_is_shared(&stack), GLOBAL_LIMIT);
 
     let out = stack.down();
     assert!(
@@ -360,4 +558,82 @@ fn filter_images_hold_exactly_the_plugin_module() {
         );
     }
     std::fs::remove_dir_all(&scratch).expect("remove scratch dir");
+}
+
+/// `docker run --rm IMAGE ARGS` (no network), its exit status and stdout+stderr.
+fn run_image(image: &str, args: &[&str]) -> (bool, String) {
+    let out = output(
+        docker()
+            .args(["run", "--rm", "--network", "none", image])
+            .args(args),
+    );
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn image_user(image: &str) -> String {
+    let out = output(docker().args(["image", "inspect", "--format", "{{.Config.User}}", image]));
+    assert!(
+        out.status.success(),
+        "{image} missing (run `cargo xtask images`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `switchyard/rls` runs the service binary as uid 65532 (k8s/base/rls.yaml's runAsUser), and
+/// `switchyard/redis` runs Redis 7.0 (both binaries) as the official image's uid 999.
+#[test]
+fn rls_and_redis_images_run() {
+    if docker_deselected() {
+        return;
+    }
+    require_docker();
+    let rls = rls_image();
+    assert_eq!(image_user(&rls), "65532:65532", "{rls}");
+    let (ok, text) = run_image(&rls, &["--help"]);
+    assert!(ok, "{rls} --help: {text}");
+    assert!(
+        text.contains("usage: switchyard-rls --config FILE"),
+        "{text}"
+    );
+    // The image's own configuration path, checked with a file the compose stack mounts.
+    let limits = workspace_root().join("envoy/compose-rls.yaml");
+    let out = output(
+        docker()
+            .args(["run", "--rm", "--network", "none", "--volume"])
+            .arg(format!(
+                "{}:/etc/switchyard-rls/limits.yaml:ro",
+                limits.display()
+            ))
+            .args([
+                &rls,
+                "--config",
+                "/etc/switchyard-rls/limits.yaml",
+                "--check",
+            ]),
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 domain(s) OK"),
+        "{rls} --check envoy/compose-rls.yaml: {out:?}"
+    );
+
+    let redis = OFFLINE_REDIS_IMAGE;
+    assert_eq!(image_user(redis), "999:999", "{redis}");
+    let (ok, text) = run_image(redis, &["redis-server", "--version"]);
+    assert!(
+        ok && text.contains("v=7.0."),
+        "{redis} redis-server --version: {text}"
+    );
+    let (ok, text) = run_image(redis, &["redis-cli", "--version"]);
+    assert!(
+        ok && text.contains("redis-cli 7.0."),
+        "{redis} redis-cli --version: {text}"
+    );
 }
