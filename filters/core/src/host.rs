@@ -101,6 +101,19 @@ pub fn source_address() -> Option<String> {
 /// question that needs it (one host call), the peer address only if a matcher or key asks.
 /// A host error reads as an empty map.
 pub fn request_view() -> RequestView {
+    if stages::sharing_views() {
+        // The suite: every stage's view of the unedited request shares one parse.
+        return RequestView::lazy_parsed(
+            Box::new(|| {
+                stages::parsed_request(|| {
+                    std::rc::Rc::new(crate::request::Parts::from_list(headers(
+                        Map::RequestHeaders,
+                    )))
+                })
+            }),
+            source_address,
+        );
+    }
     RequestView::lazy(Box::new(|| headers(Map::RequestHeaders)), source_address)
 }
 

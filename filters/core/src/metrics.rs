@@ -9,10 +9,12 @@ use std::collections::HashMap;
 
 pub struct Metrics {
     prefix: String,
-    ids: RefCell<HashMap<(u8, String), u32>>,
+    /// Ids by kind (counter, gauge, histogram) and name: a per-request lookup hashes the name
+    /// without allocating.
+    ids: [RefCell<HashMap<String, u32>>; 3],
 }
 
-fn kind_tag(t: MetricType) -> u8 {
+fn kind_tag(t: MetricType) -> usize {
     match t {
         MetricType::Counter => 0,
         MetricType::Gauge => 1,
@@ -24,7 +26,7 @@ impl Metrics {
     pub fn new(filter: &str) -> Self {
         Metrics {
             prefix: format!("switchyard.{filter}."),
-            ids: RefCell::new(HashMap::new()),
+            ids: Default::default(),
         }
     }
 
@@ -34,12 +36,12 @@ impl Metrics {
     }
 
     fn id(&self, t: MetricType, name: &str) -> Option<u32> {
-        let key = (kind_tag(t), name.to_string());
-        if let Some(id) = self.ids.borrow().get(&key) {
+        let ids = self.ids.get(kind_tag(t))?;
+        if let Some(id) = ids.borrow().get(name) {
             return Some(*id);
         }
         let id = abi::define_metric(t, &self.full_name(name)).ok()?;
-        self.ids.borrow_mut().insert(key, id);
+        ids.borrow_mut().insert(name.to_string(), id);
         Some(id)
     }
 

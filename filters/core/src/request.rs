@@ -17,13 +17,30 @@
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::net::IpAddr;
+use std::rc::Rc;
 
 /// Fetches the whole request header map (pseudo-headers included) as bytes.
 pub type HeaderFetch = Box<dyn Fn() -> Vec<(Vec<u8>, Vec<u8>)>>;
 
+/// Where a lazy view's parts come from: the header map, parsed on first use, or parts already
+/// parsed for another view of the same request (`crate::stages`).
+enum Fetch {
+    Headers(HeaderFetch),
+    Parsed(Box<dyn Fn() -> Rc<Parts>>),
+}
+
+impl Fetch {
+    fn parts(&self) -> Rc<Parts> {
+        match self {
+            Fetch::Headers(f) => Rc::new(Parts::from_list(f())),
+            Fetch::Parsed(f) => f(),
+        }
+    }
+}
+
 /// The parts of a request the match and key languages look at.
 #[derive(Debug, Clone, Default)]
-struct Parts {
+pub(crate) struct Parts {
     method: String,
     raw_path: String,
     path_len: usize,
@@ -37,8 +54,10 @@ struct Parts {
 /// See the module documentation.
 #[derive(Default)]
 pub struct RequestView {
-    parts: OnceCell<Parts>,
-    fetch: Option<HeaderFetch>,
+    /// Shared, not copied: a clone of the view, and (in the suite) every stage's view of the
+    /// same unedited request, hold the same parsed parts.
+    parts: OnceCell<Rc<Parts>>,
+    fetch: Option<Fetch>,
     source: OnceCell<Option<IpAddr>>,
     /// Fetches the downstream address the first time a matcher or key needs it: in Envoy that
     /// is a property host call (~2 µs), wasted on the many configurations that never use it.
@@ -58,7 +77,7 @@ impl Clone for RequestView {
     /// A clone is a snapshot: it holds the parts (read now if not yet read) and no fetchers.
     fn clone(&self) -> Self {
         RequestView {
-            parts: OnceCell::from(self.parts().clone()),
+            parts: OnceCell::from(Rc::clone(self.shared_parts())),
             fetch: None,
             source: OnceCell::from(self.source_ip()),
             source_fetch: None,
@@ -79,7 +98,7 @@ impl RequestView {
 
     fn from_parts(p: Parts) -> Self {
         RequestView {
-            parts: OnceCell::from(p),
+            parts: OnceCell::from(Rc::new(p)),
             ..Default::default()
         }
     }
@@ -111,7 +130,7 @@ impl RequestView {
     pub fn lazy(fetch: HeaderFetch, source_address: fn() -> Option<String>) -> Self {
         RequestView {
             parts: OnceCell::new(),
-            fetch: Some(fetch),
+            fetch: Some(Fetch::Headers(fetch)),
             source: OnceCell::new(),
             source_fetch: Some(source_address),
         }
@@ -122,19 +141,44 @@ impl RequestView {
         self.parts.get().is_some()
     }
 
+    /// A view whose parts are parsed once for several views: `parsed` returns them (parsing
+    /// the header map the first time), and the downstream address is fetched as in
+    /// [`lazy`](Self::lazy).
+    pub(crate) fn lazy_parsed(
+        parsed: Box<dyn Fn() -> Rc<Parts>>,
+        source_address: fn() -> Option<String>,
+    ) -> Self {
+        RequestView {
+            parts: OnceCell::new(),
+            fetch: Some(Fetch::Parsed(parsed)),
+            source: OnceCell::new(),
+            source_fetch: Some(source_address),
+        }
+    }
+
+    fn shared_parts(&self) -> &Rc<Parts> {
+        self.parts.get_or_init(|| match &self.fetch {
+            Some(f) => f.parts(),
+            None => Rc::default(),
+        })
+    }
+
     fn parts(&self) -> &Parts {
-        self.parts
-            .get_or_init(|| Parts::from_list(self.fetch.as_ref().map(|f| f()).unwrap_or_default()))
+        self.shared_parts()
     }
 
     /// Edits the parts (reading them first if a fetcher is set), for the builder methods.
     fn edit(mut self, f: impl FnOnce(&mut Parts)) -> Self {
-        let mut p = match self.parts.take() {
+        let shared = match self.parts.take() {
             Some(p) => p,
-            None => Parts::from_list(self.fetch.as_ref().map(|f| f()).unwrap_or_default()),
+            None => match &self.fetch {
+                Some(fetch) => fetch.parts(),
+                None => Rc::default(),
+            },
         };
+        let mut p = Rc::unwrap_or_clone(shared);
         f(&mut p);
-        self.parts = OnceCell::from(p);
+        self.parts = OnceCell::from(Rc::new(p));
         self
     }
 
@@ -273,7 +317,7 @@ impl RequestView {
 }
 
 impl Parts {
-    fn from_list(headers: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+    pub(crate) fn from_list(headers: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
         let mut p = Parts::default();
         for (name, value) in headers {
             p.add(&name, &value);

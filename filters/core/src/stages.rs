@@ -15,7 +15,9 @@
 //!
 //! Outside suite mode (the standalone modules, native tests) every function here is inert.
 
+use crate::request::Parts;
 use std::cell::RefCell;
+use std::rc::Rc;
 
 /// A header list as the host returns it.
 pub type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
@@ -38,6 +40,8 @@ struct State {
     tick: Option<std::time::Duration>,
     /// The request headers of `memo_context`, while its request-header phase runs.
     headers: Option<HeaderList>,
+    /// The same, parsed once for every stage's request view while no stage edits them.
+    parsed: Option<Rc<Parts>>,
     source: Option<Option<String>>,
     memo_context: u32,
     /// The clock, read at most once per callback.
@@ -196,6 +200,7 @@ pub fn share_request_headers() {
     with(|s| {
         s.memo_context = s.current;
         s.headers = None;
+        s.parsed = None;
         s.source = None;
     });
 }
@@ -204,6 +209,7 @@ pub fn share_request_headers() {
 pub fn end_request_headers() {
     with(|s| {
         s.headers = None;
+        s.parsed = None;
         s.source = None;
         s.memo_context = 0;
     });
@@ -226,6 +232,26 @@ pub(crate) fn request_headers(read: impl FnOnce() -> HeaderList) -> HeaderList {
         }
     });
     h
+}
+
+/// Whether request views are shared right now (suite mode, inside a request-header phase).
+pub(crate) fn sharing_views() -> bool {
+    with(|s| sharing(s))
+}
+
+/// The parsed request for a stage's view: the shared parse when there is one, else `parse()`
+/// (kept as the shared parse until a stage edits the request headers).
+pub(crate) fn parsed_request(parse: impl FnOnce() -> Rc<Parts>) -> Rc<Parts> {
+    if let Some(p) = with(|s| if sharing(s) { s.parsed.clone() } else { None }) {
+        return p;
+    }
+    let p = parse();
+    with(|s| {
+        if sharing(s) {
+            s.parsed = Some(Rc::clone(&p));
+        }
+    });
+    p
 }
 
 /// One request header from the shared copy: `None` when there is no shared copy (ask the
@@ -272,6 +298,8 @@ pub(crate) fn edit_request_header(name: &str, edit: Edit<'_>) {
         if !sharing(s) {
             return;
         }
+        // The next stage parses the edited request again.
+        s.parsed = None;
         let Some(list) = s.headers.as_mut() else {
             return;
         };
@@ -355,7 +383,16 @@ mod tests {
                 });
             }
             assert_eq!(reads, 1);
+            // Every stage's view shares one parse until a stage edits the headers.
+            let parse = || Rc::new(Parts::from_list(request_headers(Vec::new)));
+            let (p1, p2) = (parsed_request(parse), parsed_request(parse));
+            assert!(Rc::ptr_eq(&p1, &p2));
             edit_request_header("x-switchyard-cluster", Edit::Set(b"canary"));
+            let p3 = parsed_request(parse);
+            assert!(!Rc::ptr_eq(&p1, &p3));
+            let view =
+                crate::request::RequestView::lazy_parsed(Box::new(move || Rc::clone(&p3)), || None);
+            assert_eq!(view.header("x-switchyard-cluster"), Some(&b"canary"[..]));
             let h = request_headers(Vec::new);
             assert_eq!(
                 h,
