@@ -4,6 +4,7 @@
 
 mod algo;
 mod balance;
+mod global;
 mod hostcalls;
 mod load;
 mod pin;
@@ -27,6 +28,7 @@ use variants::Variant;
 pub const USAGE: &str = "\
 usage: cargo xtask bench [proxy|algo|memory|hostcalls|all] [options]
        cargo xtask bench balance [options]   (its options: cargo xtask bench balance --help)
+       cargo xtask bench global [options]    (its options: cargo xtask bench global --help)
   proxy    every variant (plain, no-op wasm, each filter, the chain, native counterparts) in
            interleaved rounds: Envoy CPU us/request, req/s, p50/p99, non-2xx, RSS
   algo     the native benches of the filter crates: criterion timings (decision, lookup, build
@@ -37,6 +39,9 @@ usage: cargo xtask bench [proxy|algo|memory|hostcalls|all] [options]
   all      (default) proxy, then memory, then algo
   balance  10 upstreams, one made 20x slower mid-run: p50/p99/p99.9 per phase for Envoy's
            ROUND_ROBIN / LEAST_REQUEST and the hashring's ring and p2c_ewma, plus an SVG chart
+  global   ratelimit local vs global (switchyard-rls + Redis) vs global with a lease of 100:
+           Envoy CPU us/request, p50/p99, service calls/request; 3 Envoys x 2 workers sharing
+           one limit: admitted / limit per window
 options:
   --quick            2 rounds of 2 s (proxy) and 200000 requests (memory)
   --rounds N         proxy rounds (default 5)
@@ -68,6 +73,13 @@ pub fn bench(args: &[String]) -> Result<()> {
             return Ok(());
         }
         return balance::balance(args);
+    }
+    if args.iter().any(|a| a == "global") {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("{}", global::USAGE);
+            return Ok(());
+        }
+        return global::global(args);
     }
     let mut what = "all";
     let mut opts = Options {
@@ -777,17 +789,25 @@ fn envoy_command(
     pin: Option<&pin::Pinning>,
     log: &Path,
 ) -> Result<Command> {
+    envoy_command_workers(envoy_bin, config, pin, log, 1)
+}
+
+/// [`envoy_command`] with `workers` worker threads (`--concurrency`).
+fn envoy_command_workers(
+    envoy_bin: &Path,
+    config: &Path,
+    pin: Option<&pin::Pinning>,
+    log: &Path,
+    workers: usize,
+) -> Result<Command> {
     let mut cmd = Command::new(envoy_bin);
     if let Some(p) = pin {
         pin::pin_command(&mut cmd, p);
     }
-    cmd.arg("-c").arg(config).args([
-        "--concurrency",
-        "1",
-        "--use-dynamic-base-id",
-        "--log-level",
-        "warn",
-    ]);
+    cmd.arg("-c")
+        .arg(config)
+        .args(["--concurrency", &workers.to_string()])
+        .args(["--use-dynamic-base-id", "--log-level", "warn"]);
     cmd.stdout(Stdio::null()).stderr(log_file(log)?);
     Ok(cmd)
 }
