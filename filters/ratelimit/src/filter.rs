@@ -29,13 +29,14 @@ const COUNTERS: [&str; 6] = [
 ];
 
 /// Counters of `scope: global` rules.
-const GLOBAL_COUNTERS: [&str; 6] = [
+const GLOBAL_COUNTERS: [&str; 7] = [
     "global_calls",
     "global_over_limit",
     "global_failure_allowed",
     "global_failure_denied",
     "lease_hits",
     "global_coalesced",
+    "global_denied_remembered",
 ];
 
 /// Largest answer read from the service.
@@ -209,6 +210,7 @@ impl Context for RateLimitHttp {
                 let spare = global::leftover(hits, waiters.len());
                 worker.leases.grant(key.clone(), spare, now, &result);
             }
+            worker.leases.deny(key.clone(), now, &result);
             waiters
         };
         let served = 1 + waiters.len() as u32;
@@ -402,6 +404,12 @@ impl RateLimitHttp {
             let Some(spec) = rule.global.as_ref() else {
                 continue;
             };
+            if let Some(r) = self.worker.borrow_mut().leases.denied(&ask.key, now) {
+                self.metrics
+                    .inc(&format!("{}.global_denied_remembered", rule.name));
+                results.push((ask.rule, r));
+                continue;
+            }
             if spec.lease > 1 {
                 let mut worker = self.worker.borrow_mut();
                 if let Some(r) = worker.leases.take(&ask.key, now) {

@@ -303,10 +303,21 @@ pub struct Lease {
     pub view: Option<TierView>,
 }
 
-/// One worker's leases: hits granted by the service and not spent yet. Bounded.
+/// An `OVER_LIMIT` answer remembered until the service said its limit resets.
+#[derive(Debug)]
+struct Denial {
+    until_ns: u64,
+    view: Option<TierView>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// One worker's leases: hits granted by the service and not spent yet, and the keys the
+/// service rejected until their reset (so over-limit traffic does not call it again before
+/// anything can change). Bounded.
 #[derive(Debug, Default)]
 pub struct Leases {
     map: HashMap<LeaseKey, Lease>,
+    denied: HashMap<LeaseKey, Denial>,
 }
 
 impl Leases {
@@ -331,6 +342,62 @@ impl Leases {
             reset_ns: Some(lease.expires_at_ns - now_ns),
             headers: Vec::new(),
         })
+    }
+
+    /// The service's earlier `OVER_LIMIT` for `key`, while its reset has not come: the result
+    /// the request gets without a call.
+    pub fn denied(&mut self, key: &LeaseKey, now_ns: u64) -> Option<GlobalResult> {
+        let d = self.denied.get(key)?;
+        if now_ns >= d.until_ns {
+            self.denied.remove(key);
+            return None;
+        }
+        Some(GlobalResult::OverLimit {
+            view: d.view.map(|v| TierView {
+                reset_ns: d.until_ns - now_ns,
+                ..v
+            }),
+            retry_after_ns: d.until_ns - now_ns,
+            headers: d.headers.clone(),
+        })
+    }
+
+    /// Remembers an `OVER_LIMIT` answer for `key` until the reset it reports. A fixed-window
+    /// service cannot admit `key` before then (and one that counts rejected calls, like
+    /// envoyproxy/ratelimit, would only count them), so asking again would change nothing.
+    pub fn deny(&mut self, key: LeaseKey, now_ns: u64, result: &GlobalResult) {
+        let GlobalResult::OverLimit {
+            view,
+            retry_after_ns,
+            headers,
+        } = result
+        else {
+            return;
+        };
+        if *retry_after_ns == 0 {
+            return;
+        }
+        if !self.denied.contains_key(&key) && self.denied.len() >= MAX_LEASE_KEYS {
+            self.denied.retain(|_, d| d.until_ns > now_ns);
+            if self.denied.len() >= MAX_LEASE_KEYS {
+                let first = self
+                    .denied
+                    .iter()
+                    .min_by_key(|(_, d)| d.until_ns)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = first {
+                    self.denied.remove(&k);
+                }
+            }
+        }
+        self.denied.insert(
+            key,
+            Denial {
+                until_ns: now_ns.saturating_add(*retry_after_ns),
+                view: *view,
+                headers: headers.clone(),
+            },
+        );
     }
 
     /// Adds `hits` to `key`'s lease (a fresher grant replaces an expired one).
@@ -748,5 +815,66 @@ mod tests {
             GlobalResult::Ok { view, .. } => assert_eq!(view.unwrap().remaining, 7),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod denial_tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_lasts_until_the_reported_reset_and_counts_down() {
+        let mut leases = Leases::default();
+        let key: LeaseKey = (0, "k".into());
+        let over = GlobalResult::OverLimit {
+            view: None,
+            retry_after_ns: 10 * NS_PER_S,
+            headers: vec![("x".into(), b"y".to_vec())],
+        };
+        leases.deny(key.clone(), 100, &over);
+        match leases.denied(&key, 100 + 4 * NS_PER_S) {
+            Some(GlobalResult::OverLimit {
+                retry_after_ns,
+                headers,
+                ..
+            }) => {
+                assert_eq!(retry_after_ns, 6 * NS_PER_S);
+                assert_eq!(headers, vec![("x".to_string(), b"y".to_vec())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(leases.denied(&key, 100 + 10 * NS_PER_S), None);
+        // OK answers and zero resets are never remembered.
+        leases.deny(
+            key.clone(),
+            0,
+            &GlobalResult::Ok {
+                view: None,
+                reset_ns: None,
+                headers: vec![],
+            },
+        );
+        assert_eq!(leases.denied(&key, 1), None);
+        let now = GlobalResult::OverLimit {
+            view: None,
+            retry_after_ns: 0,
+            headers: vec![],
+        };
+        leases.deny(key.clone(), 0, &now);
+        assert_eq!(leases.denied(&key, 0), None);
+    }
+
+    #[test]
+    fn denials_are_bounded() {
+        let mut leases = Leases::default();
+        let over = GlobalResult::OverLimit {
+            view: None,
+            retry_after_ns: NS_PER_S,
+            headers: vec![],
+        };
+        for i in 0..(MAX_LEASE_KEYS + 10) {
+            leases.deny((0, format!("k{i}")), i as u64, &over);
+        }
+        assert!(leases.denied.len() <= MAX_LEASE_KEYS);
     }
 }

@@ -435,7 +435,9 @@ fn requests_wait_for_a_call_in_flight_instead_of_calling() {
         assert_eq!(o.status(), Some(429));
         assert_eq!(o.response_header("retry-after"), Some("5"));
     }
-    // ... and a failure, on timeout.
+    // ... and a failure, on timeout (after the reset: until then the over-limit answer is
+    // remembered and nobody asks).
+    host.advance(Duration::from_secs(5)).unwrap();
     let outs: Vec<Outcome> = (0..3).map(|_| hit(&mut host, 0, "ivy")).collect();
     host.advance(Duration::from_millis(20)).unwrap();
     for o in &outs {
@@ -476,6 +478,42 @@ fn waiters_get_failure_mode_when_the_dispatcher_goes_away() {
         assert_eq!(hit(&mut host, 0, "lena").status(), Some(200));
     }
     assert!(host.callouts().is_empty());
+}
+
+#[test]
+fn an_over_limit_answer_is_remembered_until_the_service_resets() {
+    let mut host = ratelimit(1, global_rule(json!({})));
+    let first = hit(&mut host, 0, "kim");
+    let calls = host.callouts();
+    host.answer(
+        calls[0].id,
+        CalloutReply::grpc_ok(answer(2, 10, 2, 0, Some(10 * S), &[("x-rls", "over")])),
+    )
+    .unwrap();
+    assert_eq!(host.outcome(first.stream).unwrap().status(), Some(429));
+    // Until the reset the same key is rejected without asking: same numbers, same headers,
+    // Retry-After counting down. Other keys still ask.
+    host.advance(Duration::from_secs(4)).unwrap();
+    let again = hit(&mut host, 0, "kim");
+    assert!(
+        !again.is_paused(),
+        "no call while the service's rejection stands"
+    );
+    assert_eq!(again.status(), Some(429));
+    assert_eq!(again.response_header("retry-after"), Some("6"));
+    assert_eq!(again.response_header("x-rls"), Some("over"));
+    assert_eq!(host.callouts().len(), 0);
+    assert_eq!(metric(&host, "g.global_denied_remembered"), 1);
+    assert_eq!(metric(&host, "g.global_calls"), 1);
+    let other = hit(&mut host, 0, "lee");
+    assert!(other.is_paused(), "another key asks the service");
+    // After the reset the key asks again.
+    host.advance(Duration::from_secs(7)).unwrap();
+    let later = hit(&mut host, 0, "kim");
+    assert!(
+        later.is_paused(),
+        "after the reset the service is asked again"
+    );
 }
 
 #[test]
