@@ -333,7 +333,19 @@ pub(crate) fn property(vm: &Vm, path: &str) -> Option<Vec<u8>> {
     lock(&vm.shared).properties.get(path).cloned()
 }
 
+/// Links every host function the modules import, by area.
 pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
+    link_log_and_time(linker)?;
+    link_buffers_and_headers(linker)?;
+    link_properties_and_shared_data(linker)?;
+    link_streams(linker)?;
+    link_callouts(linker)?;
+    link_context_and_metrics(linker)?;
+    Ok(())
+}
+
+/// The host functions for log, log level, clock and tick.
+fn link_log_and_time(linker: &mut Linker<Vm>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_log",
@@ -388,6 +400,11 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
             Ok(OK)
         },
     )?;
+    Ok(())
+}
+
+/// The host functions for buffers and header maps.
+fn link_buffers_and_headers(linker: &mut Linker<Vm>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
@@ -546,6 +563,11 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
             })
         },
     )?;
+    Ok(())
+}
+
+/// The host functions for properties, shared data and shared queues.
+fn link_properties_and_shared_data(linker: &mut Linker<Vm>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_property",
@@ -707,6 +729,11 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
             }
         },
     )?;
+    Ok(())
+}
+
+/// The host functions for stream control and local replies.
+fn link_streams(linker: &mut Linker<Vm>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_continue_stream",
@@ -767,6 +794,11 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
             Ok(OK)
         },
     )?;
+    Ok(())
+}
+
+/// The host functions for HTTP and gRPC callouts.
+fn link_callouts(linker: &mut Linker<Vm>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_http_call",
@@ -929,6 +961,11 @@ pub(crate) fn link(linker: &mut Linker<Vm>) -> Result<()> {
             Ok(OK)
         },
     )?;
+    Ok(())
+}
+
+/// The host functions for effective context, foreign functions and metrics.
+fn link_context_and_metrics(linker: &mut Linker<Vm>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_effective_context",

@@ -17,6 +17,17 @@ pub fn splitmix64(mut x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// One step of xorshift64* (the filters' generator, `switchyard_core::rng`, which this host
+/// does not depend on): the fuzz's cases and the host's `random_get` draw from it.
+pub fn xorshift_star(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
 /// xorshift64* seeded through splitmix64: small, fast, deterministic on every platform.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -30,12 +41,7 @@ impl Rng {
         Rng::new(splitmix64(seed) ^ splitmix64(index.wrapping_add(0x5157_4e59)))
     }
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        xorshift_star(&mut self.0)
     }
     /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {

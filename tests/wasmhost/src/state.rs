@@ -125,13 +125,8 @@ impl Shared {
     }
 
     pub fn next_random(&mut self) -> u64 {
-        // xorshift64*: deterministic so module tests replay exactly.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        // Deterministic so module tests replay exactly.
+        crate::fuzz::xorshift_star(&mut self.rng)
     }
 }
 
