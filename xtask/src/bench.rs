@@ -517,6 +517,9 @@ fn proxy_report(
         .collect();
     let index = |name: &str| variants.iter().position(|v| v.name == name);
     let plain = index("plain").map_or(0.0, |i| cpu[i]);
+    // Each variant's baseline: plain Envoy with the same kind of cluster (see
+    // `Variant::baseline`); `plain` when that variant did not run.
+    let base = |i: usize| -> f64 { index(variants[i].baseline()).map_or(plain, |b| cpu[b]) };
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -531,7 +534,7 @@ fn proxy_report(
         opts.load.label(opts.connections),
         pin::describe(opts.pin.as_ref())
     );
-    md.push_str("| variant | Envoy CPU us/req (min-max) | added over plain | req/s | p50 ms | p99 ms | non-2xx | Envoy RSS MiB |\n");
+    md.push_str("| variant | Envoy CPU us/req (min-max) | added over its baseline | req/s | p50 ms | p99 ms | non-2xx | Envoy RSS MiB |\n");
     md.push_str("|---|---|---|---|---|---|---|---|\n");
     let mut rows = Vec::new();
     for (i, v) in variants.iter().enumerate() {
@@ -548,18 +551,18 @@ fn proxy_report(
             "| {} | {:.1} ({lo:.1}-{hi:.1}) | {:+.1} | {rps:.0} | {p50:.2} | {p99:.2} | {non2xx} of {total} | {rss:.1} |",
             v.name,
             cpu[i],
-            cpu[i] - plain
+            cpu[i] - base(i)
         );
         rows.push(json!({
             "variant": v.name, "what": v.what, "path": v.path,
             "cpu_us_per_req": {"median": cpu[i], "min": lo, "max": hi,
                                "rounds": col(i, |s| s.cpu_us_per_req)},
-            "added_cpu_us_per_req": cpu[i] - plain,
+            "added_cpu_us_per_req": cpu[i] - base(i), "baseline": v.baseline(),
             "rps": rps, "p50_ms": p50, "p99_ms": p99, "non_2xx": non2xx,
             "transport_errors": errors, "rss_mib": rss,
         }));
     }
-    md.push_str("\nRatios in the same run (Switchyard / native; `added` = added CPU/request over plain, `total` = whole CPU/request when the native variant is cheaper than plain; below 1.0 = Switchyard cheaper):\n\n");
+    md.push_str("\nRatios in the same run (Switchyard / native; `added` = added CPU/request over the variant's baseline, plain Envoy with the same kind of cluster (`plain`, or `plain-static` for the natively hashed variants), `total` = whole CPU/request when the native variant is cheaper than its baseline; below 1.0 = Switchyard cheaper):\n\n");
     md.push_str("| Switchyard | native | Switchyard added us/req | native added us/req | ratio |\n|---|---|---|---|---|\n");
     let mut ratios = Vec::new();
     let mut pairs: Vec<(&str, &str)> = variants
@@ -571,10 +574,10 @@ fn proxy_report(
         let (Some(a), Some(b)) = (index(ours), index(theirs)) else {
             continue;
         };
-        let (added_a, added_b) = (cpu[a] - plain, cpu[b] - plain);
+        let (added_a, added_b) = (cpu[a] - base(a), cpu[b] - base(b));
         // The run's noise: plain Envoy's own CPU spread over the rounds. A native added cost
         // inside it is no denominator.
-        let noise = index("plain").map_or(0.0, |i| {
+        let noise = index(variants[b].baseline()).map_or(0.0, |i| {
             let (lo, hi) = spread(&col(i, |s| s.cpu_us_per_req));
             hi - lo
         });

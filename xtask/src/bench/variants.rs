@@ -37,6 +37,22 @@ pub enum Routes {
     /// Envoy answers 200 itself (`direct_response`): no upstream, so the host-call benchmark
     /// sees only the filter's cost.
     Direct,
+    /// Everything to a plain ROUND_ROBIN cluster over the same hosts: the baseline of the
+    /// natively hashed variants (whose clusters are plain too, not `web`'s override-host one).
+    PlainStatic,
+}
+
+impl Variant {
+    /// The variant whose CPU this one's "added" cost is measured against: the one with the
+    /// same kind of cluster. The natively hashed variants use plain clusters, so theirs is
+    /// `plain-static`; everything routed to `web` (override-host policy) is measured against
+    /// `plain`.
+    pub fn baseline(&self) -> &'static str {
+        match self.routes {
+            Routes::RingHash | Routes::Maglev | Routes::PlainStatic => "plain-static",
+            _ => "plain",
+        }
+    }
 }
 
 pub struct Variant {
@@ -166,6 +182,15 @@ pub fn all(dist: &Path, upstreams: &[u16; 3]) -> Vec<Variant> {
             vec![],
             "",
             d,
+            "/plain",
+            None,
+        ),
+        v(
+            "plain-static",
+            "Envoy, no extra filter, a plain ROUND_ROBIN cluster (the baseline of native-ring-hash and native-maglev)",
+            vec![],
+            "",
+            Routes::PlainStatic,
             "/plain",
             None,
         ),
@@ -364,6 +389,7 @@ pub fn chain(dist: &Path, upstreams: &[u16; 3]) -> Vec<WasmFilter> {
 fn clusters(upstreams: &[u16; 3]) -> String {
     [
         web_cluster(upstreams, false),
+        static_cluster("web_rr", None, upstreams),
         static_cluster("web_ring", Some("RING_HASH"), upstreams),
         static_cluster("web_maglev", Some("MAGLEV"), upstreams),
     ]
@@ -382,6 +408,10 @@ fn routes(kind: Routes) -> String {
         ),
         Routes::RingHash => hashed("web_ring"),
         Routes::Maglev => hashed("web_maglev"),
+        Routes::PlainStatic => {
+            "              - match: { prefix: \"/\" }\n                route: { cluster: web_rr }\n"
+                .to_owned()
+        }
         Routes::Direct => "              - match: { prefix: \"/\" }\n                direct_response: { status: 200, body: { inline_string: \"ok\" } }\n".to_owned(),
         Routes::Native20 => (0..ROUTES).fold(String::new(), |mut out, i| {
             let _ = writeln!(
