@@ -286,6 +286,25 @@ fn verify_cache_hit(variant: &Variant, listener: u16) -> Result<()> {
     Ok(())
 }
 
+/// The value after option `arg` on a bench command line.
+pub(crate) fn option_value(
+    it: &mut std::slice::Iter<'_, String>,
+    arg: &str,
+    usage: &str,
+) -> Result<String> {
+    it.next()
+        .cloned()
+        .ok_or_else(|| format!("{arg} needs a value\n{usage}"))
+}
+
+/// A positive, finite number given to option `arg`.
+pub(crate) fn positive_number(arg: &str, v: &str, usage: &str) -> Result<f64> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("{arg}: {v:?} is not a positive number\n{usage}"))
+}
+
 /// utime + stime of a process, in microseconds.
 fn cpu_us(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

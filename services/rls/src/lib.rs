@@ -20,6 +20,9 @@ pub mod service;
 pub mod store;
 
 use config::{Config, RedisFailure};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor::Entry, RateLimitDescriptor,
+};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -95,4 +98,18 @@ pub async fn shutdown_signal() {
         }
     }
     eprintln!("switchyard-rls: shutting down");
+}
+
+/// A descriptor of `(key, value)` entries, as a client builds one for `ShouldRateLimit`.
+pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
 }

@@ -374,9 +374,8 @@ pub fn failure_answer(plan: &Plan, allow: bool) -> RateLimitResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-        rate_limit_descriptor::Entry, RateLimitDescriptor,
-    };
+    use crate::descriptor as desc;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
     use envoy_types::pb::google::protobuf::UInt64Value;
 
     fn config() -> Config {
@@ -395,19 +394,6 @@ descriptors:
         .unwrap()
     }
 
-    fn desc(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-        RateLimitDescriptor {
-            entries: entries
-                .iter()
-                .map(|(k, v)| Entry {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
     fn request(hits: u32, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
         RateLimitRequest {
             domain: "d".into(),
@@ -416,20 +402,22 @@ descriptors:
         }
     }
 
+    /// A request with a limited descriptor, an unknown one and one whose value needs escaping.
+    fn three_descriptors() -> RateLimitRequest {
+        request(
+            0,
+            vec![
+                desc(&[("a", "1")]),
+                desc(&[("zz", "1")]),
+                desc(&[("b", "x|y")]),
+            ],
+        )
+    }
+
     #[test]
     fn plan_matches_and_escapes_keys() {
         let c = config();
-        let p = plan(
-            &c,
-            &request(
-                0,
-                vec![
-                    desc(&[("a", "1")]),
-                    desc(&[("zz", "1")]),
-                    desc(&[("b", "x|y")]),
-                ],
-            ),
-        );
+        let p = plan(&c, &three_descriptors());
         assert_eq!(p.descriptors, 3);
         assert_eq!(p.lease, 0);
         assert_eq!(p.items.len(), 2);
@@ -464,17 +452,7 @@ descriptors:
     #[test]
     fn response_statuses_and_headers() {
         let c = config();
-        let p = plan(
-            &c,
-            &request(
-                0,
-                vec![
-                    desc(&[("a", "1")]),
-                    desc(&[("zz", "1")]),
-                    desc(&[("b", "x|y")]),
-                ],
-            ),
-        );
+        let p = plan(&c, &three_descriptors());
         let outcome = parse_outcome(&[1, 0, 1_000, 3, 30_000, 0, 3, 500, 1], 2).unwrap();
         let (r, shadow) = respond(&p, &outcome, true);
         assert_eq!(r.overall_code, Code::Ok as i32);

@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-    rate_limit_descriptor::Entry, RateLimitDescriptor,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     quota::ExpirationSpecifier, Code,
 };
@@ -15,6 +13,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::UInt64Value;
 use std::time::{Duration, Instant};
 use switchyard_harness::{Redis, Rls};
+use switchyard_rls::descriptor as desc;
 use tonic::transport::Channel;
 
 const CONFIG: &str = r#"
@@ -51,19 +50,6 @@ fn rls(redis: &Redis) -> Rls {
         .arg("--redis-timeout-ms")
         .arg("1000")
         .start()
-}
-
-fn desc(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        ..Default::default()
-    }
 }
 
 fn request(hits: u32, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {

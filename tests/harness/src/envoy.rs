@@ -800,8 +800,9 @@ type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
 /// Spawns `cmd` so that the kernel kills it when this test process dies (PR_SET_PDEATHSIG),
 /// even if the process is killed before any Drop runs. The death signal fires when the
 /// spawning *thread* exits, so every spawn happens on one thread that lives as long as the
-/// process — an Envoy started in one test thread and used from another stays alive.
-fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
+/// process — an Envoy (or Redis, or the rate limit service) started in one test thread and used
+/// from another stays alive.
+pub(crate) fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
     // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated in the child.
     unsafe {
@@ -817,7 +818,7 @@ fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
     let sender = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnJob>();
         let spawned = std::thread::Builder::new()
-            .name("envoy-spawner".into())
+            .name("process-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
                     let _ = reply.send(cmd.spawn());

@@ -6,14 +6,13 @@
 //! The binary: `REDIS_SERVER_BIN`, else `redis-server` on `PATH`; missing → a clear panic
 //! (`cargo xtask test` installs it with apt-get when running as root).
 
+use crate::envoy::spawn_tied_to_process;
 use crate::util::free_port;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A running (or stopped) `redis-server`.
@@ -233,46 +232,4 @@ impl Drop for Redis {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// Spawns `cmd` so that the kernel kills it when this test process dies (PR_SET_PDEATHSIG).
-/// The death signal fires when the spawning *thread* exits, so every spawn happens on one
-/// long-lived thread (the same scheme as the Envoy spawner).
-pub(crate) fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() == 1 {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let sender = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        let spawned = std::thread::Builder::new()
-            .name("service-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            });
-        if let Err(e) = spawned {
-            eprintln!("switchyard-harness: cannot start the spawner thread: {e}");
-        }
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    sender
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("spawner thread is gone"))?
 }

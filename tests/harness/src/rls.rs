@@ -16,8 +16,8 @@
 //! assert!(rls.ready());
 //! ```
 
+use crate::envoy::spawn_tied_to_process;
 use crate::http::Request;
-use crate::redis::spawn_tied_to_process;
 use crate::util::free_port;
 use crate::workspace_root;
 use std::net::{SocketAddr, TcpStream};

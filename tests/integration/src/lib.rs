@@ -81,3 +81,19 @@ pub fn upstream_header(name: &str, value: &str) -> String {
 pub fn cc(value: &str) -> String {
     upstream_header("Cache-Control", value)
 }
+
+/// How many of `results` were admitted (200) and rejected (429); any other status or a failed
+/// request fails the test.
+pub fn ok_and_limited(results: &[std::io::Result<Response>]) -> (usize, usize) {
+    let mut ok = 0;
+    let mut limited = 0;
+    for r in results {
+        match r {
+            Ok(r) if r.status == 200 => ok += 1,
+            Ok(r) if r.status == 429 => limited += 1,
+            Ok(r) => panic!("unexpected status {} {}", r.status, r.text()),
+            Err(e) => panic!("request failed: {e}"),
+        }
+    }
+    (ok, limited)
+}

@@ -88,20 +88,6 @@ fn get(envoy: &Envoy, user: &str) -> Response {
     envoy.get("/r").header("x-user", user).send()
 }
 
-fn statuses(results: &[std::io::Result<Response>]) -> (usize, usize) {
-    let mut ok = 0;
-    let mut limited = 0;
-    for r in results {
-        match r {
-            Ok(r) if r.status == 200 => ok += 1,
-            Ok(r) if r.status == 429 => limited += 1,
-            Ok(r) => panic!("unexpected status {} {}", r.status, r.text()),
-            Err(e) => panic!("request failed: {e}"),
-        }
-    }
-    (ok, limited)
-}
-
 #[test]
 fn native_filter_admits_exactly_the_limit_then_429() {
     let redis = Redis::start();
@@ -173,7 +159,7 @@ fn two_replicas_and_three_envoys_share_one_limit_exactly() {
             .header("x-user", "carol")
             .timeout(Duration::from_secs(10))
     });
-    let (ok, limited) = statuses(&results);
+    let (ok, limited) = switchyard_integration::ok_and_limited(&results);
     assert_eq!((ok, limited), (limit as usize, total - limit as usize));
     assert_eq!(up.count_path("/shared"), u64::from(limit));
     for (name, rls) in [("a", &a), ("b", &b)] {

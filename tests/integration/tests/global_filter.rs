@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use switchyard_harness::{free_port, parallel, Cluster, Envoy, Redis, Response, Rls};
+use switchyard_harness::{free_port, parallel, Cluster, Envoy, Redis, Rls};
 use switchyard_upstream::Upstream;
 
 /// envoyproxy/ratelimit YAML: `generic_key: api` + `user`, `limit` per `unit`.
@@ -79,20 +79,6 @@ fn stat(envoy: &Envoy, name: &str) -> u64 {
     envoy.stat_value(&format!("switchyard.ratelimit.global-user.{name}"))
 }
 
-fn statuses(results: &[std::io::Result<Response>]) -> (usize, usize) {
-    let mut ok = 0;
-    let mut limited = 0;
-    for r in results {
-        match r {
-            Ok(r) if r.status == 200 => ok += 1,
-            Ok(r) if r.status == 429 => limited += 1,
-            Ok(r) => panic!("unexpected status {} {}", r.status, r.text()),
-            Err(e) => panic!("request failed: {e}"),
-        }
-    }
-    (ok, limited)
-}
-
 #[test]
 fn limit_is_exact_across_two_workers() {
     let limit = 20u32;
@@ -110,7 +96,7 @@ fn limit_is_exact_across_two_workers() {
             .header("x-user", "alice")
             .timeout(Duration::from_secs(10))
     });
-    let (ok, limited) = statuses(&results);
+    let (ok, limited) = switchyard_integration::ok_and_limited(&results);
     assert_eq!((ok, limited), (limit as usize, total - limit as usize));
     assert_eq!(up.count_path("/g"), u64::from(limit));
     // Every request was decided by a call, or by a remembered OVER_LIMIT answer of its worker

@@ -52,20 +52,6 @@ fn retry_after(r: &Response) -> u64 {
         .unwrap()
 }
 
-fn statuses(results: &[std::io::Result<Response>]) -> (usize, usize) {
-    let mut ok = 0;
-    let mut limited = 0;
-    for r in results {
-        match r {
-            Ok(r) if r.status == 200 => ok += 1,
-            Ok(r) if r.status == 429 => limited += 1,
-            Ok(r) => panic!("unexpected status {} {}", r.status, r.text()),
-            Err(e) => panic!("request failed: {e}"),
-        }
-    }
-    (ok, limited)
-}
-
 #[test]
 fn example_config_validates() {
     let file = "envoy/ratelimit.yaml";
@@ -198,7 +184,7 @@ fn tiered_limits_admit_exactly_what_gcra_allows() {
             .header("x-forwarded-for", "198.51.100.1")
     });
     let elapsed = began.elapsed();
-    let (ok, limited) = statuses(&burst);
+    let (ok, limited) = switchyard_integration::ok_and_limited(&burst);
     assert_eq!(ok + limited, 40);
     let bound = (1 + elapsed.as_secs() as usize).min(5);
     assert!(ok >= 1 && ok <= bound, "{ok} admitted in {elapsed:?}");
@@ -296,7 +282,7 @@ fn limits_are_exact_across_workers() {
     }));
     for (path, rule) in [("/tb", "bucket"), ("/sw", "window")] {
         let results = parallel(400, 24, |_| envoy.get(path).header("x-user-id", "alice"));
-        let (ok, limited) = statuses(&results);
+        let (ok, limited) = switchyard_integration::ok_and_limited(&results);
         assert_eq!((ok, limited), (40, 360), "{rule}");
         assert_eq!(
             up.count_path(path),
@@ -444,7 +430,7 @@ fn rejected_requests_consume_nothing_from_other_tiers_or_rules() {
     // Tiers: a burst rejected by the 1s tier leaves the hour tier intact (Envoy's native
     // local rate limiter would drain it here).
     let burst = parallel(50, 16, |_| envoy.get("/tiers").header("x-user-id", "alice"));
-    let (mut ok, _) = statuses(&burst);
+    let (mut ok, _) = switchyard_integration::ok_and_limited(&burst);
     assert!((1..=3).contains(&ok));
     let mut later = vec![];
     while ok < 3 {
@@ -469,7 +455,7 @@ fn rejected_requests_consume_nothing_from_other_tiers_or_rules() {
 
     // Rules: alice's burst is rejected by per-user; the global rule keeps 2 for others.
     let burst = parallel(30, 16, |_| envoy.get("/rules").header("x-user-id", "alice"));
-    assert_eq!(statuses(&burst), (1, 29));
+    assert_eq!(switchyard_integration::ok_and_limited(&burst), (1, 29));
     for (user, want) in [("bob", 200), ("carol", 200), ("dave", 429)] {
         let r = envoy.get("/rules").header("x-user-id", user).send();
         assert_eq!(r.status, want, "{user}");
@@ -585,7 +571,7 @@ fn key_flood_keeps_memory_bounded_and_active_keys_limited() {
     let flood = parallel(20_000, 16, |i| {
         envoy.get("/").header("x-client", format!("attacker-{i}"))
     });
-    let (ok, _) = statuses(&flood);
+    let (ok, _) = switchyard_integration::ok_and_limited(&flood);
     assert_eq!(ok, 20_000, "every new key gets its first request");
     wait_until("slots metric", Duration::from_secs(5), || {
         stat(&envoy, "slots_in_use") == 1000

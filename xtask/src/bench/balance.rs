@@ -76,17 +76,8 @@ fn parse(args: &[String]) -> Result<Options> {
     let mut warmup_set = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
-        };
-        let number = |v: String| -> Result<f64> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|n| n.is_finite() && *n > 0.0)
-                .ok_or_else(|| format!("{arg}: {v:?} is not a positive number\n{USAGE}"))
-        };
+        let mut value = || super::option_value(&mut it, arg, USAGE);
+        let number = |v: String| super::positive_number(arg, &v, USAGE);
         match arg.as_str() {
             "balance" => {}
             "--quick" => {
