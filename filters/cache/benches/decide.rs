@@ -10,12 +10,15 @@
 //! - `cache/store/lookup_hit`: the store lookup a hit pays (the key's bucket read and decode, at
 //!   most 16 slot records or 904 bytes, then the slot read and decode), 1024 slots full of 1 KiB
 //!   bodies, in-memory shared data;
+//! - `cache/store/lookup_hit_l1`: the same lookup through a worker's L1 that holds the entry
+//!   (the bucket read and decode, then the L1's copy checked against the slot record);
 //! - `cache/store/touch`: the LRU touch of a hit within the same second (no write).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use switchyard_cache::entry::Entry;
 use switchyard_cache::key::{KeySpec, QueryKey};
+use switchyard_cache::l1::{L1Config, L1};
 use switchyard_cache::rfc::{
     freshness_lifetime, serve_decision, AgeClock, Policy, RequestFacts, ResponseFacts,
 };
@@ -120,6 +123,17 @@ fn decide(c: &mut Criterion) {
         b.iter(|| {
             i = i.wrapping_add(1);
             store.lookup(black_box(keys[i & 1023].hash))
+        })
+    });
+    // Big enough for every key: each lookup is an L1 hit.
+    let mut l1 = L1::new(L1Config {
+        max_bytes: 16 << 20,
+        max_entries: 1024,
+    });
+    group.bench_function("lookup_hit_l1", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            store.find_cached(black_box(keys[i & 1023].hash), &mut l1)
         })
     });
     group.bench_function("touch", |b| {

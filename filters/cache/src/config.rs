@@ -1,6 +1,7 @@
 //! The cache filter's configuration and its validation.
 
 use crate::key::{KeySpec, QueryKey};
+use crate::l1::L1Config;
 use crate::store::{Eviction, StoreConfig};
 use serde::Deserialize;
 use switchyard_core::config::index_path;
@@ -49,6 +50,18 @@ struct RawConfig {
     tag_headers: Vec<String>,
     #[serde(default = "default_status_name")]
     cache_status_name: String,
+    /// Absent: the default L1; `null`: none.
+    #[serde(default = "default_l1")]
+    l1: Option<RawL1>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawL1 {
+    #[serde(default = "default_l1_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_l1_entries")]
+    max_entries: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -104,6 +117,18 @@ fn default_tag_headers() -> Vec<String> {
 fn default_status_name() -> String {
     "switchyard".into()
 }
+fn default_l1() -> Option<RawL1> {
+    Some(RawL1 {
+        max_bytes: default_l1_bytes(),
+        max_entries: default_l1_entries(),
+    })
+}
+fn default_l1_bytes() -> u64 {
+    L1Config::DEFAULT.max_bytes
+}
+fn default_l1_entries() -> u64 {
+    L1Config::DEFAULT.max_entries as u64
+}
 fn default_purge_method() -> String {
     "PURGE".into()
 }
@@ -151,6 +176,8 @@ pub struct Config {
     pub coalesce_timeout: Duration,
     pub tag_headers: Vec<String>,
     pub cache_status_name: String,
+    /// Each worker's L1 of hot entries ([`crate::l1`]).
+    pub l1: L1Config,
 }
 
 impl Config {
@@ -170,6 +197,8 @@ impl Config {
 /// Smallest entry the default slot count plans for: one slot per 16 KiB of `max_bytes`.
 const BYTES_PER_DEFAULT_SLOT: u64 = 16 * 1024;
 const MAX_SLOTS: u64 = 16_384;
+/// Largest L1 per worker.
+const MAX_L1_BYTES: u64 = 1 << 30;
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
@@ -372,6 +401,25 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let l1 = match raw.l1 {
+        None => L1Config::OFF,
+        Some(RawL1 { max_bytes, .. }) if max_bytes > MAX_L1_BYTES => {
+            return Err(ConfigError::new(
+                "l1.max_bytes",
+                format!("must be at most {MAX_L1_BYTES} (1 GiB)"),
+            ))
+        }
+        Some(RawL1 { max_entries, .. }) if max_entries > MAX_SLOTS => {
+            return Err(ConfigError::new(
+                "l1.max_entries",
+                format!("must be at most {MAX_SLOTS}"),
+            ))
+        }
+        Some(r) => L1Config {
+            max_bytes: r.max_bytes,
+            max_entries: r.max_entries as usize,
+        },
+    };
     if !is_token(&raw.cache_status_name) {
         return Err(ConfigError::new(
             "cache_status_name",
@@ -407,6 +455,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         cache_status_name: raw.cache_status_name,
+        l1,
     })
 }
 
@@ -456,6 +505,22 @@ mod tests {
     }
 
     #[test]
+    fn l1_is_on_by_default_and_null_or_zero_turns_it_off() {
+        assert_eq!(parse(b"{}").unwrap().l1, L1Config::DEFAULT);
+        let c = parse(br#"{"l1": {"max_bytes": 4096}}"#).unwrap();
+        assert_eq!((c.l1.max_bytes, c.l1.max_entries), (4096, 256));
+        let c = parse(br#"{"l1": {"max_entries": 8}}"#).unwrap();
+        assert_eq!((c.l1.max_bytes, c.l1.max_entries), (1 << 20, 8));
+        for off in [
+            r#"{"l1": null}"#,
+            r#"{"l1": {"max_bytes": 0}}"#,
+            r#"{"l1": {"max_entries": 0}}"#,
+        ] {
+            assert!(!parse(off.as_bytes()).unwrap().l1.enabled(), "{off}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases: &[(&str, &str)] = &[
             (r#"{"eviction": "random"}"#, "eviction"),
@@ -486,6 +551,11 @@ mod tests {
             (r#"{"upstream_cluster": ""}"#, "upstream_cluster"),
             (r#"{"eviction_sample": 0}"#, "eviction_sample"),
             (r#"{"max_byte": 1}"#, "max_byte"),
+            (r#"{"l1": {"max_bytes": -1}}"#, "l1.max_bytes"),
+            (r#"{"l1": {"max_bytes": 2147483648}}"#, "l1.max_bytes"),
+            (r#"{"l1": {"max_entries": 16385}}"#, "l1.max_entries"),
+            (r#"{"l1": {"max_entrys": 1}}"#, "l1.max_entrys"),
+            (r#"{"l1": 5}"#, "l1"),
         ];
         for (json, path) in cases {
             let err = parse(json.as_bytes()).unwrap_err();

@@ -177,6 +177,25 @@ impl Entry {
         ))
     }
 
+    /// The bytes this decoded entry holds: its body, header names and values, keys, tags and
+    /// host, plus [`Entry::OVERHEAD`] (what bounds a worker's L1, [`crate::l1`]).
+    pub fn held_bytes(&self) -> u64 {
+        let pairs = self.headers.iter().map(|(n, v)| n.len() + v.len());
+        let vary = self
+            .vary
+            .iter()
+            .map(|(n, v)| n.len() + v.as_ref().map_or(0, String::len));
+        let fields: usize = pairs
+            .chain(vary)
+            .chain(self.tags.iter().map(String::len))
+            .sum();
+        let text = self.key.len() + self.path.len() + self.upstream_host.len();
+        (self.body.len() + fields + text) as u64 + Self::OVERHEAD
+    }
+
+    /// Bookkeeping counted per decoded entry: the struct, its vectors' headers, the L1's node.
+    pub const OVERHEAD: u64 = 256;
+
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()

@@ -1,14 +1,15 @@
 //! Proxy-wasm glue, per request: reads what the plans need (`plan` for the request,
-//! `response_plan` for the response), asks them, and applies their effects through the VM-wide
-//! glue (`runtime`) and `switchyard_core::host`: local replies, header writes, shared data,
-//! metrics, pauses and resumes.
+//! `response_plan` for the response), asks them, does the shared-data work they ask for through
+//! the VM-wide glue (`runtime`), and applies the resulting [`effects`] (local replies, header
+//! writes, stats, pauses) with `switchyard_core::host::apply`, once per callback.
 
 use crate::collect::Collect;
+use crate::effects::{self, HeadUpdate};
 use crate::locks::Acquire;
+use crate::metrics::{Effects, Metric};
 use crate::plan::{self, LookupPlan, PurgePlan, Request, RequestPlan};
-use crate::respond::Outcome;
 use crate::response_plan::{self as rp, lower, status_of, Response, ResponsePlan, Stage};
-use crate::runtime::{send, Background, Runtime, Waiter, NAME, NS_PER_MS};
+use crate::runtime::{Runtime, Waiter, NAME, NS_PER_MS};
 use crate::store::Hit;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -93,46 +94,35 @@ impl CacheHttp {
         }
     }
 
-    /// After a local reply: pause if the host took it, else let the request go on.
-    fn answered(&mut self, sent: bool) -> Action {
-        if !sent {
-            return Action::Continue;
+    /// Applies a decision's effects; a local reply the host took ends this filter's part.
+    fn apply(&mut self, rt: &Runtime, fx: Effects) -> Action {
+        let applied = host::apply(fx, &rt.metrics);
+        if applied.replied {
+            self.stage = Stage::Served;
         }
-        self.stage = Stage::Served;
-        Action::Pause
-    }
-
-    /// A plain-text local reply reporting `outcome`.
-    fn local(&mut self, status: u32, outcome: Outcome, rt: &Runtime, body: &str) -> Action {
-        let sent = rt.local(status, &outcome, body);
-        self.answered(sent)
+        applied.action
     }
 
     fn purge(&mut self, rt: &Runtime, view: &RequestView) -> Action {
         let Some(p) = &rt.cfg.purge else {
             return Action::Continue;
         };
-        let outcome = plan::PURGE;
-        let purged = match plan::purge_plan(&rt.cfg, p, view) {
-            PurgePlan::Denied => {
-                rt.metrics.inc("purge_denied");
-                return self.local(403, outcome, rt, "purge: missing or wrong token\n");
+        let purge = plan::purge_plan(&rt.cfg, p, view);
+        let (purged, after) = match purge {
+            PurgePlan::Denied | PurgePlan::BadRequest => (0, None),
+            _ => {
+                let n = rt.store().remove_entries_where(|e| purge.removes(e));
+                (n, rt.gauges())
             }
-            PurgePlan::BadRequest => {
-                let body = "purge: expected ?url=, ?prefix= or ?tag=\n";
-                return self.local(400, outcome, rt, body);
-            }
-            purge => rt.store().remove_entries_where(|e| purge.removes(e)),
         };
-        rt.metrics.add("purges", purged as u64);
-        rt.update_gauges();
-        self.local(200, outcome, rt, &format!("{{\"purged\":{purged}}}\n"))
+        let fx = effects::purge(&rt.cfg.cache_status_name, &purge, purged, after);
+        self.apply(rt, fx)
     }
 
     fn lookup(&mut self, rt: &Runtime, view: RequestView, head: bool, now: u64) -> Action {
         let req = Request::lookup(&rt.cfg, view, head, now);
         let found = rt.find(&req.key, &req.view);
-        let decision = plan::lookup_plan(&rt.cfg, &req, found.as_ref().map(|h| &h.entry), now);
+        let decision = plan::lookup_plan(&rt.cfg, &req, found.as_ref().map(|h| &*h.entry), now);
         match (decision, found) {
             (
                 LookupPlan::Serve {
@@ -143,116 +133,110 @@ impl CacheHttp {
                 Some(hit),
             ) => {
                 rt.store().touch_seen(hit.slot, &hit.meta, now / NS_PER_MS);
-                if !rt.serve(&hit.entry, &reply, stale) {
-                    return Action::Continue;
+                // A background refresh keeps the stale entry (the reply then copies the body).
+                let keep = refresh.as_ref().map(|_| Rc::clone(&hit.entry));
+                let fx = effects::serve(reply, hit.entry, stale, hit.l1);
+                let action = self.apply(rt, fx);
+                if let (Some(cluster), Some(entry), Stage::Served) = (refresh, keep, &self.stage) {
+                    rt.refresh_later(cluster, req, entry);
                 }
-                if let Some(cluster) = refresh {
-                    let mut st = rt.state.borrow_mut();
-                    if st.in_flight_keys.insert(req.key.hash) {
-                        let stale = hit.entry;
-                        st.queued.push(Background {
-                            cluster,
-                            req,
-                            stale,
-                        });
-                    }
-                }
-                self.answered(true)
+                action
             }
             (LookupPlan::Revalidate { validators }, Some(hit)) => {
-                for (k, v) in &validators {
-                    host::set_header(Map::RequestHeaders, k, Some(v));
-                }
-                rt.metrics.inc("revalidations");
                 self.req = Some(req);
-                let (entry, ours) = (Box::new(hit.entry), !validators.is_empty());
+                let entry = Box::new(Rc::unwrap_or_clone(hit.entry));
+                let ours = !validators.is_empty();
                 self.stage = Stage::Revalidate { entry, ours };
-                Action::Continue
+                self.apply(rt, effects::revalidate(validators))
             }
             (LookupPlan::NotCached(outcome), _) => {
                 self.req = Some(req);
-                self.local(504, outcome, rt, "not cached\n")
+                self.apply(rt, effects::not_cached(&rt.cfg.cache_status_name, &outcome))
             }
             (LookupPlan::Forward { fwd, coalesce }, _) => {
-                rt.metrics.inc("misses");
                 self.stage = Stage::Forward(fwd);
-                if coalesce {
-                    let (now_ms, ttl) = (now / NS_PER_MS, rt.cfg.coalesce_timeout.as_millis());
-                    match rt.locks().acquire(req.key.hash, now_ms, ttl) {
-                        Acquire::Leader => self.lock = Some(req.key.hash),
-                        Acquire::Follower => {
-                            let (context_id, deadline_ms) = (self.context_id, now_ms + ttl);
-                            let waiter = Waiter {
-                                context_id,
-                                req: req.clone(),
-                                deadline_ms,
-                            };
-                            rt.state.borrow_mut().waiters.push(waiter);
-                            self.req = Some(req);
-                            self.stage = Stage::Waiting;
-                            return Action::Pause;
-                        }
-                        Acquire::Unavailable => {}
-                    }
-                }
+                let wait = coalesce && self.coalesce(rt, &req, now);
                 self.req = Some(req);
-                Action::Continue
+                self.apply(rt, effects::miss(wait))
             }
             // Serving and revalidating come only with an entry.
             (LookupPlan::Serve { .. } | LookupPlan::Revalidate { .. }, None) => Action::Continue,
         }
     }
 
-    fn set_status_headers(&self, rt: &Runtime, outcome: &Outcome) {
-        let cs = outcome.cache_status(&rt.cfg.cache_status_name);
-        host::set_header(Map::ResponseHeaders, "cache-status", Some(cs.as_bytes()));
-        let x_cache = outcome.x_cache().as_bytes();
-        host::set_header(Map::ResponseHeaders, "x-cache", Some(x_cache));
+    /// Takes the key's lock, or queues behind the request holding it (`true`: wait).
+    fn coalesce(&mut self, rt: &Runtime, req: &Request, now: u64) -> bool {
+        let (now_ms, ttl) = (now / NS_PER_MS, rt.cfg.coalesce_timeout.as_millis());
+        match rt.locks().acquire(req.key.hash, now_ms, ttl) {
+            Acquire::Leader => self.lock = Some(req.key.hash),
+            Acquire::Follower => {
+                let (context_id, deadline_ms) = (self.context_id, now_ms + ttl);
+                let waiter = Waiter {
+                    context_id,
+                    req: req.clone(),
+                    deadline_ms,
+                };
+                rt.state.borrow_mut().waiters.push(waiter);
+                self.stage = Stage::Waiting;
+                return true;
+            }
+            Acquire::Unavailable => {}
+        }
+        false
     }
 
-    /// Applies [`rp::forward_plan`]: the HEAD update, then collecting the body to store.
-    fn forward_response(&mut self, rt: &Runtime, fwd: &'static str, resp: &Response<'_>) {
-        let Some(req) = &self.req else { return };
+    /// [`rp::forward_plan`]: the HEAD update, then collecting the body to store.
+    fn forward_response(
+        &mut self,
+        rt: &Runtime,
+        fwd: &'static str,
+        resp: &Response<'_>,
+    ) -> Effects {
+        let Some(req) = &self.req else {
+            return Effects::new();
+        };
         let plan = rp::forward_plan(&rt.cfg, req, fwd, resp);
+        let mut head = None;
         if plan.head_update {
             if let Some(Hit { entry, .. }) = rt.find(&req.key, &req.view) {
-                let (headers, now) = (resp.headers, resp.now);
-                match rp::head_update(&rt.cfg, entry, headers, req.request_time, now) {
-                    Some(fresh) => {
-                        rt.insert(&fresh, &req.key, now);
-                    }
-                    None => {
-                        rt.store().remove_primary(req.key.hash);
-                        rt.metrics.inc("invalidations");
-                    }
-                }
+                let (headers, now, stored) = (resp.headers, resp.now, Rc::unwrap_or_clone(entry));
+                head = Some(
+                    match rp::head_update(&rt.cfg, stored, headers, req.request_time, now) {
+                        Some(fresh) => HeadUpdate::Freshened(rt.insert(&fresh, &req.key, now)),
+                        None => {
+                            rt.store().remove_primary(req.key.hash);
+                            HeadUpdate::Invalidated
+                        }
+                    },
+                );
             }
         }
+        let fx = effects::forwarded(&rt.cfg.cache_status_name, &plan, head.as_ref());
         if let Some(mut entry) = plan.store {
             entry.upstream_host = host::property_text(&["upstream", "address"]).unwrap_or_default();
             let budget = rt.collecting.clone();
             self.collect = Some(Collect { entry, budget });
         } else {
-            if plan.too_large {
-                rt.metrics.inc("too_large");
-            }
             self.release_lock(rt);
         }
-        self.set_status_headers(rt, &plan.outcome);
+        fx
     }
 
-    fn finish_store(&mut self, rt: &Runtime) {
+    /// The collected response is complete: store it.
+    fn finish_store(&mut self, rt: &Runtime) -> Effects {
+        let mut fx = Effects::new();
         if let (Some(c), Some(req)) = (self.collect.take(), &self.req) {
-            rt.insert(&c.entry, &req.key, host::now_nanos());
+            effects::stored(&mut fx, &rt.insert(&c.entry, &req.key, host::now_nanos()));
         }
         self.release_lock(rt);
+        fx
     }
 
     /// Stops collecting (the response passes uncached), counting why.
-    fn give_up_store(&mut self, rt: &Runtime, metric: &str) {
+    fn give_up_store(&mut self, rt: &Runtime, why: Metric) -> Effects {
         self.collect = None;
-        rt.metrics.inc(metric);
         self.release_lock(rt);
+        effects::counted(why)
     }
 }
 
@@ -270,13 +254,11 @@ impl HttpContext for CacheHttp {
             RequestPlan::Invalidate => {
                 self.req = Some(Request::unsafe_method(&rt.cfg, view, now));
                 self.stage = Stage::Invalidate;
-                rt.metrics.inc("bypass");
-                Action::Continue
+                self.apply(&rt, effects::bypass())
             }
             RequestPlan::Bypass(outcome) => {
                 self.stage = Stage::Pass(Some(outcome));
-                rt.metrics.inc("bypass");
-                Action::Continue
+                self.apply(&rt, effects::bypass())
             }
             RequestPlan::Lookup { head } => self.lookup(&rt, view, head, now),
         }
@@ -311,38 +293,27 @@ impl HttpContext for CacheHttp {
             now,
         };
         let stage = std::mem::replace(&mut self.stage, Stage::Pass(None));
-        match rp::response_plan(&rt.cfg, stage, self.req.as_ref(), &resp) {
-            ResponsePlan::Pass(outcome) => {
-                if let Some(o) = outcome {
-                    self.set_status_headers(&rt, &o);
-                }
-            }
+        let name = &rt.cfg.cache_status_name;
+        let fx = match rp::response_plan(&rt.cfg, stage, self.req.as_ref(), &resp) {
+            ResponsePlan::Pass(outcome) => effects::passed(name, outcome.as_ref()),
             ResponsePlan::Invalidate(uris) => {
-                if let Some(uris) = uris {
-                    let n = rt.store().remove_where(|s| uris.contains(&s.uri));
-                    rt.metrics.add("invalidations", n as u64);
-                    if n > 0 {
-                        rt.update_gauges();
-                    }
-                }
-                self.set_status_headers(&rt, &rp::METHOD);
+                let removed = uris.map_or(0, |u| rt.store().remove_where(|s| u.contains(&s.uri)));
+                let after = if removed > 0 { rt.gauges() } else { None };
+                effects::invalidated(name, removed, after)
             }
             ResponsePlan::Forward(fwd) => self.forward_response(&rt, fwd, &resp),
             ResponsePlan::Replace(fresh) => {
                 let Some(req) = &self.req else {
                     return Action::Continue;
                 };
-                let stored = rt.insert(&fresh, &req.key, now);
-                rt.metrics.inc("revalidated");
-                let sent = send(&rp::replaced_reply(&rt.cfg, &fresh, now, stored), &fresh);
-                return self.answered(sent);
+                let insert = rt.insert(&fresh, &req.key, now);
+                effects::replaced(&rt.cfg, *fresh, now, &insert)
             }
             ResponsePlan::ServeStale { entry, reply } => {
-                let sent = rt.serve(&entry, &reply, true);
-                return self.answered(sent);
+                effects::serve(reply, Rc::from(entry), true, false)
             }
-        }
-        Action::Continue
+        };
+        self.apply(&rt, fx)
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -359,17 +330,18 @@ impl HttpContext for CacheHttp {
                 .unwrap_or_default();
             if !c.append(&chunk, rt.cfg.max_collect_bytes) {
                 // Too many large misses in flight on this worker: this one passes uncached.
-                self.give_up_store(&rt, "collect_budget_exceeded");
-                return Action::Continue;
+                let fx = self.give_up_store(&rt, Metric::CollectBudgetExceeded);
+                return self.apply(&rt, fx);
             }
             if c.entry.body.len() as u64 > rt.cfg.max_entry_bytes {
                 // Give up storing; the body keeps streaming to the client untouched.
-                self.give_up_store(&rt, "too_large");
-                return Action::Continue;
+                let fx = self.give_up_store(&rt, Metric::TooLarge);
+                return self.apply(&rt, fx);
             }
         }
         if end_of_stream {
-            self.finish_store(&rt);
+            let fx = self.finish_store(&rt);
+            return self.apply(&rt, fx);
         }
         Action::Continue
     }

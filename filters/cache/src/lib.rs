@@ -4,20 +4,26 @@
 //! Pure logic: [`rfc`] (Cache-Control, storability, freshness, age), [`plan`] (what a request
 //! does with the cache: serve, revalidate, forward, coalesce, purge), [`response_plan`] (what a
 //! response does: store, replace after a 304, serve stale on error, invalidate), [`key`] (cache
-//! keys and `Vary`), [`store`] (the bounded slot store with lru/lfu/fifo eviction), [`locks`]
-//! (request coalescing), [`respond`] (stored and served headers), [`collect`] (bodies being
-//! collected), [`config`]. The proxy-wasm glue is `filter`: it reads what the plans need and
-//! applies their effects.
+//! keys and `Vary`), [`store`] (the bounded slot store with lru/lfu/fifo eviction), [`l1`] (each
+//! worker's copies of hot entries, checked against the store on every hit), [`locks`] (request
+//! coalescing), [`respond`] (stored and served headers), [`collect`] (bodies being collected),
+//! [`config`], [`effects`] (what the decisions do, as values: local replies, header edits,
+//! pauses and [`metrics`] writes). The proxy-wasm glue is `filter`: it reads what the
+//! plans need, does the shared-data work they ask for and applies their effects with
+//! `switchyard_core::host::apply`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod collect;
 pub mod config;
+pub mod effects;
 pub mod entry;
 // Natively (tests, the integration crate) the glue is compiled and linted but not registered.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub mod filter;
 pub mod key;
+pub mod l1;
 pub mod locks;
+pub mod metrics;
 pub mod plan;
 pub mod respond;
 pub mod response_plan;

@@ -1,48 +1,32 @@
-//! VM-wide glue: the state shared by the root and HTTP contexts, and the effects the plans
-//! (`plan`, `response_plan`) ask for, applied through `switchyard_core::host`: store reads and
-//! writes, coalescing locks and waiters, background refreshes, metrics, local replies.
+//! VM-wide glue: the state shared by the root and HTTP contexts, and the shared-data work the
+//! plans (`plan`, `response_plan`) ask for: store reads and writes, coalescing locks and
+//! waiters, background refreshes. What that work leads to (local replies, stats) is built by
+//! [`crate::effects`] and applied with `switchyard_core::host::apply`.
 
 use crate::config::{self, Config};
+use crate::effects::{self, Gauges};
 use crate::entry::Entry;
 use crate::key::{variant_hash, CacheKey};
+use crate::l1::{self, L1};
 use crate::locks::Locks;
-use crate::plan::{self, Reply, Request};
-use crate::respond::{self, Outcome};
+use crate::metrics::{Effects, Metric, Metrics};
+use crate::plan::{self, Request};
+use crate::respond;
 use crate::response_plan::{self as rp, lower, status_of, Refresh};
 use crate::rfc::Field;
-use crate::store::{Hit, InsertError, Store, StoreConfig};
+use crate::store::{Hit, InsertError, Inserted, Store, StoreConfig};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 use switchyard_core::hash::stable_hash64;
 use switchyard_core::host::{self, HostStore};
-use switchyard_core::metrics::Metrics;
 use switchyard_core::RequestView;
 
 pub(crate) const NAME: &str = "cache";
 const TICK: Duration = Duration::from_millis(20);
 const LOCK_CAPACITY: usize = 256;
 pub(crate) use switchyard_core::duration::NS_PER_MS;
-
-const COUNTERS: &[&str] = &[
-    "hits",
-    "misses",
-    "stale",
-    "revalidations",
-    "revalidated",
-    "background_revalidations",
-    "stores",
-    "store_failures",
-    "evictions",
-    "purges",
-    "purge_denied",
-    "invalidations",
-    "bypass",
-    "coalesced",
-    "too_large",
-    "collect_budget_exceeded",
-];
 
 /// A request waiting for another request's upstream fetch of the same key.
 pub(crate) struct Waiter {
@@ -57,7 +41,7 @@ pub(crate) struct Background {
     pub(crate) cluster: String,
     /// The request it repeats (`request_time`: when the refresh is sent).
     pub(crate) req: Request,
-    pub(crate) stale: Entry,
+    pub(crate) stale: Rc<Entry>,
 }
 
 #[derive(Default)]
@@ -71,7 +55,8 @@ pub(crate) struct VmState {
     pub(crate) in_flight_keys: HashSet<u64>,
 }
 
-/// Per-VM state shared by the root and HTTP contexts, and the effects the plans ask for.
+/// Per-VM state shared by the root and HTTP contexts, and the shared-data work the plans ask
+/// for.
 pub(crate) struct Runtime {
     pub(crate) cfg: Config,
     store_cfg: StoreConfig,
@@ -80,6 +65,8 @@ pub(crate) struct Runtime {
     pub(crate) state: RefCell<VmState>,
     /// Body bytes this VM holds for misses being collected (bounded by `max_collect_bytes`).
     pub(crate) collecting: Rc<Cell<u64>>,
+    /// This VM's copies of hot entries (`cfg.l1`).
+    l1: RefCell<L1>,
 }
 
 impl Runtime {
@@ -88,71 +75,59 @@ impl Runtime {
     }
 
     pub(crate) fn locks(&self) -> Locks<'_, HostStore> {
-        Locks {
-            shared: &HostStore,
-            key: self.locks_key.clone(),
-            capacity: LOCK_CAPACITY,
-        }
+        locks(&self.locks_key)
     }
 
-    /// The stored entry for this request: same full key and matching `Vary` values.
+    /// The stored entry for this request: same full key and matching `Vary` values, through
+    /// this VM's L1.
     pub(crate) fn find(&self, key: &CacheKey, view: &RequestView) -> Option<Hit> {
-        let hits = self.store().find(key.hash);
-        hits.into_iter()
-            .find(|h| plan::entry_matches(&h.entry, key, view))
+        let mut l1 = self.l1.try_borrow_mut().ok();
+        l1::find(&self.store(), l1.as_deref_mut(), key, view)
     }
 
-    /// Reads every bucket: only at configure time and after purges / invalidations.
-    pub(crate) fn update_gauges(&self) {
+    /// Reads every bucket: only at configure time and after purges / invalidations. `None` if
+    /// the byte counter cannot be read.
+    pub(crate) fn gauges(&self) -> Option<Gauges> {
         let store = self.store();
-        if let Some(used) = store.used() {
-            self.metrics.set_gauge("bytes_in_use", used);
-            self.metrics.set_gauge("entries", store.entries() as u64);
-        }
+        let bytes_in_use = store.used()?;
+        let entries = store.entries() as u64;
+        Some(Gauges {
+            bytes_in_use,
+            entries,
+        })
     }
 
-    /// Stores an entry for `key`, returning whether it was stored.
-    pub(crate) fn insert(&self, entry: &Entry, key: &CacheKey, now: u64) -> bool {
+    /// Stores an entry for `key` (its stats: [`effects::stored`]).
+    pub(crate) fn insert(
+        &self,
+        entry: &Entry,
+        key: &CacheKey,
+        now: u64,
+    ) -> Result<Inserted, InsertError> {
         let variant = variant_hash(&entry.vary);
         let at = now / NS_PER_MS;
-        match self
+        let r = self
             .store()
-            .insert(entry, key.hash, variant, key.uri_hash, at, now ^ key.hash)
-        {
-            Ok(ins) => {
-                self.metrics.inc("stores");
-                self.metrics.add("evictions", ins.evicted as u64);
-                self.metrics.set_gauge("bytes_in_use", ins.used);
-                true
-            }
-            Err(InsertError::TooLarge) => {
-                self.metrics.inc("too_large");
-                false
-            }
-            Err(e) => {
+            .insert(entry, key.hash, variant, key.uri_hash, at, now ^ key.hash);
+        if let Err(e) = &r {
+            if *e != InsertError::TooLarge {
                 log::debug!("switchyard cache: not stored: {e:?}");
-                self.metrics.inc("store_failures");
-                false
             }
         }
+        r
     }
 
-    /// Answers the current (effective) context with `reply` from `entry`, counting a hit or a
-    /// stale serve. Returns whether the host took the reply.
-    pub(crate) fn serve(&self, entry: &Entry, reply: &Reply, stale: bool) -> bool {
-        self.metrics.inc(if stale { "stale" } else { "hits" });
-        send(reply, entry)
-    }
-
-    /// A plain-text local reply reporting `outcome`; whether the host took it.
-    pub(crate) fn local(&self, status: u32, outcome: &Outcome, body: &str) -> bool {
-        let cs = outcome.cache_status(&self.cfg.cache_status_name);
-        let headers: [(&str, &[u8]); 3] = [
-            ("cache-status", cs.as_bytes()),
-            ("x-cache", outcome.x_cache().as_bytes()),
-            ("content-type", b"text/plain"),
-        ];
-        host::send_local_response(status, "switchyard_cache", &headers, body.as_bytes())
+    /// Queues a stale-while-revalidate refresh of `stale` for `req` in `cluster`, unless one
+    /// for the key is already on its way.
+    pub(crate) fn refresh_later(&self, cluster: String, req: Request, stale: Rc<Entry>) {
+        let mut st = self.state.borrow_mut();
+        if st.in_flight_keys.insert(req.key.hash) {
+            st.queued.push(Background {
+                cluster,
+                req,
+                stale,
+            });
+        }
     }
 
     /// Reads and checks the plugin configuration, prepares shared data, defines metrics and
@@ -179,24 +154,26 @@ impl Runtime {
                 return None;
             }
         };
-        let rt = Runtime {
-            store_cfg: cfg.store_config(&prefix),
-            cfg,
-            locks_key: format!("{prefix}locks"),
-            metrics: Metrics::new(NAME),
-            state: RefCell::new(VmState::default()),
-            collecting: Rc::new(Cell::new(0)),
-        };
-        if let Err(e) = rt.store().init().and_then(|_| rt.locks().init()) {
+        let (store_cfg, locks_key) = (cfg.store_config(&prefix), format!("{prefix}locks"));
+        let ready = Store::new(&HostStore, &store_cfg).init();
+        if let Err(e) = ready.and_then(|_| locks(&locks_key).init()) {
             log::error!("switchyard cache: shared data unavailable: {e:?}");
             return None;
         }
-        for c in COUNTERS {
-            rt.metrics.define_counter(c);
-        }
-        rt.metrics.define_gauge("bytes_in_use");
-        rt.metrics.define_gauge("entries");
-        rt.update_gauges();
+        let l1 = RefCell::new(L1::new(cfg.l1));
+        // Defines every stat (shown as 0 before its first event).
+        let rt = Runtime {
+            store_cfg,
+            cfg,
+            locks_key,
+            metrics: Metrics::new(NAME),
+            state: RefCell::new(VmState::default()),
+            collecting: Rc::new(Cell::new(0)),
+            l1,
+        };
+        let mut fx = Effects::new();
+        effects::gauges(&mut fx, rt.gauges());
+        host::apply(fx, &rt.metrics);
         host::set_tick_period(TICK);
         Some(rt)
     }
@@ -211,15 +188,16 @@ impl Runtime {
         let now_ms = now / NS_PER_MS;
         let mut keep = Vec::new();
         for w in waiters {
-            if let Some(Hit { entry, .. }) = self.find(&w.req.key, &w.req.view) {
+            if let Some(Hit { entry, l1, .. }) = self.find(&w.req.key, &w.req.view) {
                 let (view, facts) = (&w.req.view, &w.req.facts);
                 if let Some((reply, stale)) =
                     plan::coalesced_reply(&self.cfg, view, facts, &entry, now)
                 {
                     if host::set_effective_context(w.context_id) {
                         self.state.borrow_mut().served.insert(w.context_id);
-                        if self.serve(&entry, &reply, stale) {
-                            self.metrics.inc("coalesced");
+                        let served = effects::serve(reply, entry, stale, l1);
+                        if host::apply(served, &self.metrics).replied {
+                            host::apply(effects::counted(Metric::Coalesced), &self.metrics);
                             continue;
                         }
                         // The host refused the reply: let the request go upstream.
@@ -269,26 +247,29 @@ impl Runtime {
         };
         let key = bg.req.key.hash;
         self.state.borrow_mut().in_flight_keys.remove(&key);
-        self.metrics.inc("background_revalidations");
         if num_headers == 0 {
             log::warn!("switchyard cache: background revalidation failed");
+            host::apply(effects::refreshed(false, None), &self.metrics);
             return;
         }
         let now = host::now_nanos();
         let headers = lower(host::http_call_headers());
         let status = status_of(&headers);
         let size = body_size as u64;
-        match rp::refresh_plan(&self.cfg, &bg.req, &bg.stale, status, &headers, size, now) {
+        let fx = match rp::refresh_plan(&self.cfg, &bg.req, &bg.stale, status, &headers, size, now)
+        {
             Refresh::Replace(fresh) => {
-                self.metrics.inc("revalidated");
-                self.insert(&fresh, &bg.req.key, now);
+                let insert = self.insert(&fresh, &bg.req.key, now);
+                effects::refreshed(true, Some(&insert))
             }
             Refresh::Store(mut entry) => {
                 entry.body = host::http_call_body(body_size).unwrap_or_default();
-                self.insert(&entry, &bg.req.key, now);
+                let insert = self.insert(&entry, &bg.req.key, now);
+                effects::refreshed(false, Some(&insert))
             }
-            Refresh::Keep => {}
-        }
+            Refresh::Keep => effects::refreshed(false, None),
+        };
+        host::apply(fx, &self.metrics);
     }
 }
 
@@ -299,13 +280,11 @@ fn pairs(headers: &[Field]) -> Vec<(&str, &[u8])> {
         .collect()
 }
 
-/// Answers the current (effective) context locally; whether the host took the reply.
-pub(crate) fn send(reply: &Reply, entry: &Entry) -> bool {
-    let body = reply.body.of(&entry.body);
-    host::send_local_response(
-        reply.status,
-        "switchyard_cache",
-        &pairs(&reply.headers),
-        body,
-    )
+/// The coalescing locks in shared data under `key`.
+fn locks(key: &str) -> Locks<'static, HostStore> {
+    Locks {
+        shared: &HostStore,
+        key: key.to_string(),
+        capacity: LOCK_CAPACITY,
+    }
 }

@@ -1,8 +1,8 @@
 //! The native cost of a cache hit (lookup + touch) and the shared-data traffic it causes, at
 //! several slot counts. A measurement, not an assertion on time: run it with
 //! `cargo test --release -p switchyard-cache --test hit_cost -- --ignored --nocapture`.
-//! The traffic test (not ignored) asserts that a hit's shared-data traffic does not grow with
-//! the slot count.
+//! The traffic tests (not ignored) assert that a hit's shared-data traffic does not grow with
+//! the slot count, and that a hit through a worker's L1 reads only the key's bucket.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,6 +10,7 @@ use std::cell::Cell;
 use std::hint::black_box;
 use std::time::Instant;
 use switchyard_cache::entry::Entry;
+use switchyard_cache::l1::{L1Config, L1};
 use switchyard_cache::store::{Eviction, Store, StoreConfig};
 use switchyard_core::shared::{MemStore, SharedStore, StoreError};
 
@@ -139,21 +140,80 @@ fn hit_traffic_does_not_grow_with_the_slot_count() {
 }
 
 #[test]
+fn an_l1_hit_reads_only_the_bucket() {
+    let shared = Counting::default();
+    let c = cfg(1024, Eviction::Lru);
+    let keys = filled(&shared, &c);
+    let st = Store::new(&shared, &c);
+    let mut l1 = L1::new(L1Config::DEFAULT);
+    let hot = &keys[..8];
+    for i in hot {
+        let first = st.find_cached(hash(*i), &mut l1);
+        assert!(first.iter().all(|h| !h.l1) && !first.is_empty());
+    }
+    shared.reset();
+    for i in hot {
+        let hits = st.find_cached(hash(*i), &mut l1);
+        assert!(hits.iter().any(|h| h.l1 && h.entry.key == entry(*i).key));
+    }
+    let n = hot.len() as u64;
+    assert_eq!(shared.gets.get(), n, "one bucket read per hit");
+    assert!(
+        shared.bytes_read.get() <= 904 * n,
+        "{}",
+        shared.bytes_read.get()
+    );
+    assert_eq!(shared.sets.get(), 0);
+}
+
+/// How a measured hit looks its entry up.
+#[derive(Clone, Copy)]
+enum Path {
+    /// `lookup` + `touch` (slot and generation).
+    Lookup,
+    /// What the filter does without an L1: `find` + `touch_hit` (the record the lookup saw).
+    Find,
+    /// `find_cached` through an L1 of these bounds + `touch_hit`.
+    Cached(L1Config),
+}
+
+#[test]
 #[ignore = "measurement: run with --release -- --ignored --nocapture"]
 fn measure_hit_cost() {
     println!("| slots | policy | ns/hit | gets | sets | bytes read | bytes written |");
     println!("|---|---|---|---|---|---|---|");
+    let all = L1Config {
+        max_bytes: 64 << 20,
+        max_entries: 4096,
+    };
     for slots in [64usize, 1024, 4096] {
-        for (eviction, now_ms, label, filter_path) in [
-            (Eviction::Lru, 1_000u64, "lru, same second", false),
+        for (eviction, now_ms, label, path) in [
+            (Eviction::Lru, 1_000u64, "lru, same second", Path::Lookup),
             (
                 Eviction::Lru,
                 1_000u64,
                 "lru, same second, find + touch_hit",
-                true,
+                Path::Find,
             ),
-            (Eviction::Lru, 0, "lru, every hit a new second", false),
-            (Eviction::Lfu, 0, "lfu", false),
+            (
+                Eviction::Lru,
+                1_000u64,
+                "lru, same second, L1 hit (L1 holds every key)",
+                Path::Cached(all),
+            ),
+            (
+                Eviction::Lru,
+                1_000u64,
+                "lru, same second, default L1 (256 entries) cycling over every key",
+                Path::Cached(L1Config::DEFAULT),
+            ),
+            (
+                Eviction::Lru,
+                0,
+                "lru, every hit a new second",
+                Path::Lookup,
+            ),
+            (Eviction::Lfu, 0, "lfu", Path::Lookup),
         ] {
             let shared = Counting::default();
             let c = cfg(slots, eviction);
@@ -161,6 +221,14 @@ fn measure_hit_cost() {
             let st = Store::new(&shared, &c);
             let hashes: Vec<u64> = keys.iter().map(|i| hash(*i)).collect();
             let iters = 20_000usize;
+            let mut l1 = match path {
+                Path::Cached(bounds) => L1::new(bounds),
+                _ => L1::new(L1Config::OFF),
+            };
+            // Warm: the L1 holds what it can.
+            for h in &hashes {
+                st.find_cached(*h, &mut l1);
+            }
             shared.reset();
             let start = Instant::now();
             for n in 0..iters {
@@ -170,13 +238,23 @@ fn measure_hit_cost() {
                     now_ms
                 };
                 let h = black_box(hashes[n % hashes.len()]);
-                if filter_path {
-                    // What the filter does: the touch reuses the record the lookup saw.
-                    if let Some(hit) = st.find(h).into_iter().next() {
-                        st.touch_hit(&hit, t);
+                match path {
+                    Path::Lookup => {
+                        if let Some((slot, g, _)) = st.lookup(h).into_iter().next() {
+                            st.touch(slot, g, t);
+                        }
                     }
-                } else if let Some((slot, g, _)) = st.lookup(h).into_iter().next() {
-                    st.touch(slot, g, t);
+                    // What the filter does: the touch reuses the record the lookup saw.
+                    Path::Find => {
+                        if let Some(hit) = st.find(h).into_iter().next() {
+                            st.touch_hit(&hit, t);
+                        }
+                    }
+                    Path::Cached(_) => {
+                        if let Some(hit) = st.find_cached(h, &mut l1).into_iter().next() {
+                            st.touch_hit(&hit, t);
+                        }
+                    }
                 }
             }
             let ns = start.elapsed().as_nanos() as f64 / iters as f64;

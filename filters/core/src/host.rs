@@ -4,6 +4,8 @@
 //! none can trap the VM.
 
 use crate::abi::{self, HostError, Level, Map};
+use crate::effects::{Effects, Flow, HeaderEdit};
+use crate::metrics::{Metric, Metrics};
 use crate::request::RequestView;
 use crate::shared::{SharedStore, StoreError};
 use crate::stages::{self, Edit};
@@ -187,6 +189,57 @@ pub fn send_local_response(
         Err(e) => {
             log::warn!("switchyard: local reply {status} refused by the host: {e:?}");
             false
+        }
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The callback's answer to the host.
+    pub action: proxy_wasm::types::Action,
+    /// Whether the host took a local reply (the request is answered: no response edits).
+    pub replied: bool,
+}
+
+/// Carries out a decision's effects on the current (effective) request: the one place where a
+/// filter's decision reaches the host. Stats first, then request header edits, then the local
+/// reply (which, if the host takes it, replaces the response edits and pauses the request),
+/// then response header edits and the flow.
+pub fn apply<M: Metric, S: Metric>(effects: Effects<M, S>, metrics: &Metrics<M, S>) -> Applied {
+    use proxy_wasm::types::Action;
+    metrics.apply(&effects.stats);
+    edit_headers(Map::RequestHeaders, &effects.request);
+    if let Some(r) = &effects.reply {
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        if send_local_response(r.status, r.details, &headers, &r.body) {
+            return Applied {
+                action: Action::Pause,
+                replied: true,
+            };
+        }
+    }
+    edit_headers(Map::ResponseHeaders, &effects.response);
+    Applied {
+        action: match effects.flow {
+            Flow::Continue => Action::Continue,
+            Flow::Pause => Action::Pause,
+        },
+        replied: false,
+    }
+}
+
+/// Applies header edits to one map, in order.
+pub fn edit_headers(map: Map, edits: &[HeaderEdit]) {
+    for e in edits {
+        match e {
+            HeaderEdit::Set(name, value) => set_header(map, name, Some(value)),
+            HeaderEdit::Add(name, value) => add_header(map, name, value),
+            HeaderEdit::Remove(name) => set_header(map, name, None),
         }
     }
 }

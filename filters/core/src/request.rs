@@ -183,11 +183,11 @@ impl RequestView {
     }
 
     pub fn with_header(self, name: &str, value: &str) -> Self {
-        self.edit(|p| p.add(name.as_bytes(), value.as_bytes()))
+        self.edit(|p| p.add(name.into(), value.into()))
     }
 
     pub fn with_header_bytes(self, name: &str, value: &[u8]) -> Self {
-        self.edit(|p| p.add(name.as_bytes(), value))
+        self.edit(|p| p.add(name.into(), value.to_vec()))
     }
 
     pub fn with_authority(self, authority: &str) -> Self {
@@ -319,25 +319,34 @@ impl RequestView {
 impl Parts {
     pub(crate) fn from_list(headers: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
         let mut p = Parts::default();
+        p.headers.reserve(headers.len());
         for (name, value) in headers {
-            p.add(&name, &value);
+            p.add(name, value);
         }
         p
     }
 
-    fn add(&mut self, name: &[u8], value: &[u8]) {
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    /// Takes one header, owned: Envoy's names are already lower-case UTF-8 and its values are
+    /// kept as they are, so a regular header costs no copy.
+    fn add(&mut self, name: Vec<u8>, value: Vec<u8>) {
+        let name = match String::from_utf8(name) {
+            Ok(mut n) => {
+                n.make_ascii_lowercase();
+                n
+            }
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).to_ascii_lowercase(),
+        };
         match name.as_str() {
-            ":method" => self.method = String::from_utf8_lossy(value).into_owned(),
-            ":path" => self.set_path(&uri_text(value)),
-            ":authority" => self.authority = uri_text(value).into_owned(),
-            ":scheme" => self.scheme = String::from_utf8_lossy(value).into_owned(),
+            ":method" => self.method = String::from_utf8_lossy(&value).into_owned(),
+            ":path" => self.set_path(&uri_text(&value)),
+            ":authority" => self.authority = uri_text(&value).into_owned(),
+            ":scheme" => self.scheme = String::from_utf8_lossy(&value).into_owned(),
             _ if name.starts_with(':') => {}
             _ => {
                 if name == "host" && self.authority.is_empty() {
-                    self.authority = uri_text(value).into_owned();
+                    self.authority = uri_text(&value).into_owned();
                 }
-                self.headers.push((name, value.to_vec()));
+                self.headers.push((name, value));
             }
         }
     }

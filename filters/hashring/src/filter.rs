@@ -1,15 +1,17 @@
 //! proxy-wasm glue: builds the table at configure time, reads each request's facts, asks the
-//! pure plans (`crate::plan` for the host choice, `crate::outcome` for the end of the stream)
-//! and applies them in one place: header writes, shared-data CAS, metrics. The `hosts_from`
+//! pure plans (`crate::plan` for the host choice, `crate::outcome` for the end of the stream),
+//! carries out what is not an effect (shared-data CAS, the ORIGINAL_DST filter state) and hands
+//! each callback's [`Effects`] (header edits, counters) to `host::apply` once. The `hosts_from`
 //! fetch glue is in `fetch`.
 
 mod fetch;
 mod runtime;
 
 use crate::config::Config;
+use crate::metrics::{Effects, Metric};
 use crate::outcome::{self, Held, UpstreamFacts};
 use crate::output::{set_filter_state_args, ORIGINAL_DST_KEY};
-use crate::plan::{self, HostSet, OutputWrite};
+use crate::plan::{self, HostSet, Verdict};
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 pub use runtime::Runtime;
@@ -47,7 +49,9 @@ impl RootContext for HashringRoot {
         };
         // State is shared by every worker (and every listener) running this configuration.
         let scope = format!("{:016x}", stable_hash64(&bytes));
-        let runtime = Runtime::start(config, &scope);
+        let mut fx = Effects::new();
+        let runtime = Runtime::start(config, &scope, &mut fx);
+        host::apply(fx, &runtime.metrics);
         if let Some(hf) = &runtime.config.hosts_from {
             // Check for host-set changes regularly.
             let tick = hf.interval.std().min(std::time::Duration::from_secs(1));
@@ -70,10 +74,12 @@ impl RootContext for HashringRoot {
         let Some(rt) = self.runtime.clone() else {
             return;
         };
-        rt.sync_host_set();
+        let mut fx = Effects::new();
+        rt.sync_host_set(&mut fx);
         if let Some(hf) = &rt.config.hosts_from {
-            self.maybe_fetch(&rt, hf);
+            self.maybe_fetch(&rt, hf, &mut fx);
         }
+        host::apply(fx, &rt.metrics);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -119,18 +125,15 @@ impl HttpContext for HashringHttp {
         if rt.config.clusters.is_some() {
             let record = RoutingRecord::read(&view, &rt.config.cluster_header);
             let verdict = plan::verdict(&rt.config, record.cluster.as_deref());
-            if let plan::Verdict::OtherCluster { remove_header } = verdict {
-                if let Some(name) = remove_header {
-                    host::set_header(Map::RequestHeaders, name, None);
-                }
-                rt.count(&rt.current(), verdict.metrics());
-                return Action::Continue;
+            if matches!(verdict, Verdict::OtherCluster { .. }) {
+                return host::apply(verdict.effects(), &rt.metrics).action;
             }
         }
         let now = host::now_nanos();
         let set = rt.current();
         self.set = Some(set.clone());
-        let healthy = rt.healthy(&set, now);
+        let mut fx = Effects::new();
+        let healthy = rt.healthy(&set, now, &mut fx);
         let key = rt.config.hash_key.first_present(&view);
         let round_robin = self.round_robin.get();
         let key = key.as_ref().map(|(i, v)| (*i, v.as_str()));
@@ -138,22 +141,15 @@ impl HttpContext for HashringHttp {
         if keying.advances_round_robin() {
             self.round_robin.set(round_robin.wrapping_add(1));
         }
-        let plan = rt.plan(&set, &keying, &healthy, now);
-
-        // Apply the plan.
-        rt.count(&set, &plan.metrics);
-        match &plan.output {
-            OutputWrite::Header { name, value } => {
-                host::set_header(Map::RequestHeaders, name, Some(value.as_bytes()));
+        let plan = rt.plan(&set, &keying, &healthy, now, &mut fx);
+        fx.append(plan.effects);
+        if let Some(chosen) = &plan.original_dst {
+            // Filter state, not a header: a foreign function, outside the effects.
+            let args = set_filter_state_args(ORIGINAL_DST_KEY, chosen);
+            if let Err(e) = abi::call_foreign_function("set_envoy_filter_state", &args) {
+                log::warn!("switchyard hashring: set_envoy_filter_state failed: {e:?}");
+                fx.count(Metric::OutputErrors);
             }
-            OutputWrite::OriginalDst(Some(chosen)) => {
-                let args = set_filter_state_args(ORIGINAL_DST_KEY, chosen);
-                if let Err(e) = abi::call_foreign_function("set_envoy_filter_state", &args) {
-                    log::warn!("switchyard hashring: set_envoy_filter_state failed: {e:?}");
-                    rt.metrics.inc("output_errors");
-                }
-            }
-            OutputWrite::OriginalDst(None) => {}
         }
         if let Some(address) = &plan.hold_in_flight {
             *rt.in_flight
@@ -167,7 +163,7 @@ impl HttpContext for HashringHttp {
             in_flight: plan.hold_in_flight.map(|a| (a, now)),
         };
         self.explain = plan.explain;
-        Action::Continue
+        host::apply(fx, &rt.metrics).action
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -182,9 +178,7 @@ impl HttpContext for HashringHttp {
             }
         }
         if let (Some(rt), Some(explain)) = (&self.runtime, &self.explain) {
-            if let Some(name) = &rt.config.debug_header {
-                host::set_header(Map::ResponseHeaders, name, Some(explain.as_bytes()));
-            }
+            return host::apply(plan::explain_effects(&rt.config, explain), &rt.metrics).action;
         }
         Action::Continue
     }
@@ -204,7 +198,7 @@ impl HttpContext for HashringHttp {
         let needs_clock =
             plan.release_load.is_some() || !plan.health.is_empty() || plan.latency.is_some();
         let now = if needs_clock { host::now_nanos() } else { 0 };
-        rt.settle(&set, plan, now);
+        host::apply(rt.settle(&set, plan, now), &rt.metrics);
     }
 }
 

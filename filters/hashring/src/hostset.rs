@@ -7,10 +7,53 @@
 //! as canonical JSON (empty until the first good fetch).
 
 use crate::config::{check_table_limits, validate_hosts, Config, Host, HostSpec, HostsFrom};
+use crate::metrics::{Effects, Metric};
 use serde::{Deserialize, Serialize};
 
 /// The initial record: version 0, fetch due immediately, no hosts.
 pub const EMPTY: &[u8] = b"v1\n0\n0\n\n";
+
+/// Largest `hosts_from` body accepted (1024 hosts need well under 100 KiB).
+pub const MAX_HOST_LIST_BYTES: usize = 1 << 20;
+
+/// What a `hosts_from` answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchAnswer {
+    /// `304`: the list is unchanged.
+    NotModified,
+    /// A `200` with a body over [`MAX_HOST_LIST_BYTES`]: rejected unread, the last good set stays.
+    TooLarge,
+    /// A `200` with a body to check and store ([`check_fetched`], [`apply_fetched`]).
+    List,
+    /// Any other status (0: none): a failed fetch, the last good set stays.
+    Failed(u16),
+}
+
+impl FetchAnswer {
+    pub fn of(status: u16, body_size: usize) -> FetchAnswer {
+        match status {
+            304 => FetchAnswer::NotModified,
+            200 if body_size > MAX_HOST_LIST_BYTES => FetchAnswer::TooLarge,
+            200 => FetchAnswer::List,
+            other => FetchAnswer::Failed(other),
+        }
+    }
+
+    /// The answer's counter (a list is counted once checked and stored).
+    pub fn effects(self) -> Effects {
+        let counter = match self {
+            FetchAnswer::NotModified => Some(Metric::HostsFromNotModified),
+            FetchAnswer::TooLarge => Some(Metric::HostsFromRejected),
+            FetchAnswer::List => None,
+            FetchAnswer::Failed(_) => Some(Metric::HostsFromErrors),
+        };
+        let mut fx = Effects::new();
+        if let Some(m) = counter {
+            fx.count(m);
+        }
+        fx
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostSetRecord {
@@ -152,6 +195,42 @@ pub fn fetch_headers(hf: &HostsFrom, etag: &str) -> Vec<(&'static str, String)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fetch_answers_and_their_counters() {
+        use switchyard_core::Stat;
+        let cases = [
+            (
+                304,
+                10,
+                FetchAnswer::NotModified,
+                Some(Metric::HostsFromNotModified),
+            ),
+            (
+                200,
+                MAX_HOST_LIST_BYTES + 1,
+                FetchAnswer::TooLarge,
+                Some(Metric::HostsFromRejected),
+            ),
+            (200, MAX_HOST_LIST_BYTES, FetchAnswer::List, None),
+            (
+                503,
+                0,
+                FetchAnswer::Failed(503),
+                Some(Metric::HostsFromErrors),
+            ),
+            (0, 0, FetchAnswer::Failed(0), Some(Metric::HostsFromErrors)),
+        ];
+        for (status, size, answer, counter) in cases {
+            assert_eq!(FetchAnswer::of(status, size), answer);
+            let fx = answer.effects();
+            assert_eq!(fx.stats.len(), usize::from(counter.is_some()));
+            if let Some(m) = counter {
+                assert_eq!(fx.added(Stat::Fixed(m)), 1);
+            }
+            assert!(fx.request.is_empty() && fx.response.is_empty() && fx.reply.is_none());
+        }
+    }
 
     #[test]
     fn record_round_trips() {

@@ -3,12 +3,14 @@
 //! weights, bounded loads, passive health and ordered fallbacks, as a proxy-wasm HTTP filter.
 //!
 //! Everything except [`filter`] is pure logic, tested natively: [`plan`] decides a request's
-//! host choice, [`outcome`] what the end of its stream records; the glue applies them.
+//! host choice and its [`metrics::Effects`], [`outcome`] what the end of its stream records;
+//! the glue carries them out (the effects through `switchyard_core::host::apply`).
 
 pub mod config;
 pub mod filter;
 pub mod hostset;
 pub mod maglev;
+pub mod metrics;
 pub mod outcome;
 pub mod output;
 pub mod p2c;

@@ -1,61 +1,55 @@
 //! The request side as pure functions: whether a request is this filter's at all
 //! ([`verdict`]), which key and start position it gets ([`keying`]), and, from the health / load /
 //! latency snapshot, the whole [`SelectionPlan`] ([`plan_selection`]): the ordered host list
-//! with fallbacks, what to write for Envoy, the debug header text, the counters and the
-//! in-flight bookkeeping. No host calls: the glue (`filter`) reads the facts, asks here and
-//! applies the plan in one place.
+//! with fallbacks, its [`Effects`] (the host header, the counters), the debug header text and
+//! the in-flight bookkeeping. No host calls: the glue (`filter`) reads the facts, asks here and
+//! hands the effects to `host::apply`.
 //!
 //! Times are nanoseconds of the host clock (`host::now_nanos()`), passed in.
 
 use crate::config::{Config, Host, NoKey, Output, P2c};
+use crate::metrics::{Effects, Event, Metric, Subjects};
 use crate::output::header_value;
 use crate::p2c::{self, Ewma};
 use crate::select::{select, Loads, Selection};
 use crate::table::Table;
 use std::collections::{BTreeMap, HashMap};
 use switchyard_core::hash::stable_hash64;
-
-/// Per-host counters, defined for every host of every set.
-pub const HOST_STATS: [&str; 4] = ["picks", "spills", "health_skips", "ejections"];
+use switchyard_core::HeaderEdit;
 
 /// One host set and its table, built once per configuration or host-set change. Requests hold
 /// an `Rc` to the set they started with, so a rebuild never changes a request's indices.
 pub struct HostSet {
     pub hosts: Vec<Host>,
     pub table: Table,
-    /// Per-host metric name prefixes (`host.127_0_0_1_8081`).
-    pub host_stats: Vec<String>,
+    /// Each host's stat subject (its `host.<h>.*` counters), numbered by `subjects`.
+    pub subjects: Vec<usize>,
     /// Version of the shared `hosts_from` record this set came from (0: configured hosts).
     pub version: u64,
 }
 
 impl HostSet {
-    pub fn new(config: &Config, hosts: Vec<Host>, version: u64) -> HostSet {
+    /// Builds the table; `subjects` numbers the hosts' stats (new hosts get new numbers).
+    pub fn new(
+        config: &Config,
+        hosts: Vec<Host>,
+        version: u64,
+        subjects: &mut Subjects,
+    ) -> HostSet {
         let table = Table::for_config(config, &hosts);
-        let host_stats = hosts
-            .iter()
-            .map(|h| format!("host.{}", stat_label(&h.address)))
-            .collect();
+        let subjects = hosts.iter().map(|h| subjects.subject(&h.address)).collect();
         HostSet {
             hosts,
             table,
-            host_stats,
+            subjects,
             version,
         }
     }
 
-    /// Every per-host counter name of the set (`host.<h>.picks`, ...).
-    pub fn stat_names(&self) -> impl Iterator<Item = String> + '_ {
-        self.host_stats
-            .iter()
-            .flat_map(|p| HOST_STATS.iter().map(move |s| format!("{p}.{s}")))
-    }
-
-    /// The full name of a counter of this set.
-    pub fn metric_name(&self, metric: Metric) -> Option<String> {
-        match metric {
-            Metric::Global(name) => Some(name.to_string()),
-            Metric::Host(h, stat) => self.host_stats.get(h).map(|p| format!("{p}.{stat}")),
+    /// Counts `event` of host `h` of this set.
+    pub fn count(&self, fx: &mut Effects, h: usize, event: Event) {
+        if let Some(subject) = self.subjects.get(h) {
+            fx.count_of(*subject, event, 1);
         }
     }
 
@@ -66,23 +60,6 @@ impl HostSet {
     fn address(&self, h: usize) -> Option<&str> {
         self.hosts.get(h).map(|x| x.address.as_str())
     }
-}
-
-/// Stat names use `.` as a separator: `127.0.0.1:8081` becomes `127_0_0_1_8081`.
-pub fn stat_label(address: &str) -> String {
-    address
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect::<String>()
-        .trim_matches('_')
-        .to_string()
-}
-
-/// A counter to increment: filter-wide, or a host's (by index in the request's set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    Global(&'static str),
-    Host(usize, &'static str),
 }
 
 /// Whether the filter acts on a request, from the routing record's cluster.
@@ -97,11 +74,15 @@ pub enum Verdict<'a> {
 }
 
 impl Verdict<'_> {
-    pub fn metrics(&self) -> &'static [Metric] {
-        match self {
-            Verdict::OtherCluster { .. } => &[Metric::Global("other_cluster")],
-            Verdict::Act => &[],
+    /// What the verdict does by itself: for another cluster's request, the client-sent host
+    /// choice removed and `other_cluster` counted; nothing for ours.
+    pub fn effects(&self) -> Effects {
+        let mut fx = Effects::new();
+        if let Verdict::OtherCluster { remove_header } = self {
+            fx.count(Metric::OtherCluster);
+            fx.request.extend(remove_header.map(HeaderEdit::remove));
         }
+        fx
     }
 }
 
@@ -200,25 +181,20 @@ pub struct Snapshot<'a> {
     pub now: u64,
 }
 
-/// Where the decision goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutputWrite {
-    /// Always written (also empty): a client-sent value never reaches the load balancer.
-    Header { name: String, value: String },
-    /// `set_envoy_filter_state` with the chosen host, if any.
-    OriginalDst(Option<String>),
-}
-
 /// Everything one request's host choice does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelectionPlan {
     pub selection: Selection,
     /// The listed hosts' addresses: chosen first, then fallbacks.
     pub addresses: Vec<String>,
-    pub output: OutputWrite,
-    /// The debug header's value (with `debug_header` only).
+    /// What the request path does: the counters and, with the header output, the host header
+    /// (always written, also empty: a client-sent value never reaches the load balancer).
+    pub effects: Effects,
+    /// ORIGINAL_DST output: the chosen host, for `set_envoy_filter_state` (a foreign function
+    /// the glue calls, not a header edit).
+    pub original_dst: Option<String>,
+    /// The debug header's value (with `debug_header` only): see [`explain_effects`].
     pub explain: Option<String>,
-    pub metrics: Vec<Metric>,
     /// Bounded loads: the host whose shared in-flight count this request takes (released once
     /// when the stream ends).
     pub hold_load: Option<String>,
@@ -258,12 +234,15 @@ pub fn plan_selection(
         .map(str::to_string)
         .collect();
     let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
-    let output = match &config.output {
-        Output::Header(name) => OutputWrite::Header {
-            name: name.clone(),
-            value: header_value(&refs),
-        },
-        Output::OriginalDst => OutputWrite::OriginalDst(addresses.first().cloned()),
+    let mut effects = selection_effects(set, keying, &selection);
+    let original_dst = match &config.output {
+        Output::Header(name) => {
+            effects
+                .request
+                .push(HeaderEdit::set(name.as_str(), header_value(&refs)));
+            None
+        }
+        Output::OriginalDst => addresses.first().cloned(),
     };
     let explain = config.debug_header.as_ref().map(|_| {
         let hash = keying.hash.map_or("-".to_string(), |h| format!("{h:016x}"));
@@ -285,37 +264,47 @@ pub fn plan_selection(
     let chosen = addresses.first().cloned();
     let is_p2c = config.p2c.is_some() && snap.p2c.is_some();
     SelectionPlan {
-        metrics: selection_metrics(keying, &selection),
         hold_load: chosen.clone().filter(|_| snap.loads.is_some() && !is_p2c),
         hold_in_flight: chosen.filter(|_| is_p2c),
         selection,
         addresses,
-        output,
+        effects,
+        original_dst,
         explain,
     }
 }
 
-fn selection_metrics(keying: &Keying, sel: &Selection) -> Vec<Metric> {
-    let mut out = Vec::new();
+/// The counters of one selection.
+fn selection_effects(set: &HostSet, keying: &Keying, sel: &Selection) -> Effects {
+    let mut fx = Effects::new();
     if keying.hash.is_none() {
-        out.push(Metric::Global("no_key"));
+        fx.count(Metric::NoKey);
     }
     if let Some(c) = sel.chosen() {
-        out.push(Metric::Host(c, "picks"));
+        set.count(&mut fx, c, Event::Picks);
     }
-    out.extend(sel.spilled.iter().map(|h| Metric::Host(*h, "spills")));
-    out.extend(
-        sel.health_skipped
-            .iter()
-            .map(|h| Metric::Host(*h, "health_skips")),
-    );
+    for h in &sel.spilled {
+        set.count(&mut fx, *h, Event::Spills);
+    }
+    for h in &sel.health_skipped {
+        set.count(&mut fx, *h, Event::HealthSkips);
+    }
     if sel.all_unhealthy {
-        out.push(Metric::Global("all_unhealthy"));
+        fx.count(Metric::AllUnhealthy);
     }
     if sel.over_capacity {
-        out.push(Metric::Global("over_capacity"));
+        fx.count(Metric::OverCapacity);
     }
-    out
+    fx
+}
+
+/// The response side of `debug_header`: the plan's explanation on the response.
+pub fn explain_effects(config: &Config, explain: &str) -> Effects {
+    let mut fx = Effects::new();
+    if let Some(name) = &config.debug_header {
+        fx.response.push(HeaderEdit::set(name.as_str(), explain));
+    }
+    fx
 }
 
 /// `p2c_ewma`: the power of two choices over the healthy hosts on the latency estimates and
@@ -377,6 +366,7 @@ fn choose_p2c(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_core::{Flow, Stat, StatWrite};
 
     fn config(extra: &str) -> Config {
         let json = format!(
@@ -388,7 +378,18 @@ mod tests {
     }
 
     fn set(c: &Config) -> HostSet {
-        HostSet::new(c, c.hosts.clone(), 0)
+        HostSet::new(c, c.hosts.clone(), 0, &mut Subjects::default())
+    }
+
+    /// The stat writes of `fx`, each an add of 1 (host subjects are host indices in `set`).
+    fn counted(fx: &Effects) -> Vec<Stat<Metric, Event>> {
+        fx.stats
+            .iter()
+            .map(|w| match w {
+                StatWrite::Add(s, 1) => *s,
+                other => panic!("not a count of one: {other:?}"),
+            })
+            .collect()
     }
 
     fn plan(
@@ -424,15 +425,23 @@ mod tests {
                     remove_header: Some("x-upstream-host")
                 }
             );
-            assert_eq!(v.metrics(), &[Metric::Global("other_cluster")]);
+            // The client-sent host choice is removed, the request counted, nothing else.
+            let fx = v.effects();
+            assert_eq!(counted(&fx), [Stat::Fixed(Metric::OtherCluster)]);
+            assert_eq!(fx.request, [HeaderEdit::remove("x-upstream-host")]);
+            assert!(fx.response.is_empty() && fx.reply.is_none());
+            assert_eq!(fx.flow, Flow::Continue);
         }
         let dst = config(r#", "clusters": ["web"], "output": {"original_dst": true}"#);
+        let v = verdict(&dst, Some("api"));
         assert_eq!(
-            verdict(&dst, Some("api")),
+            v,
             Verdict::OtherCluster {
                 remove_header: None
             }
         );
+        assert!(v.effects().request.is_empty());
+        assert!(verdict(&c, Some("web")).effects().is_empty());
         // Without `clusters` every request is ours.
         assert_eq!(verdict(&config(""), Some("api")), Verdict::Act);
         assert_eq!(verdict(&config(""), None), Verdict::Act);
@@ -448,13 +457,14 @@ mod tests {
         assert_eq!(p.selection.hosts, order[..3]);
         let want: Vec<String> = order[..3].iter().map(|h| address(&c, *h)).collect();
         assert_eq!(p.addresses, want);
+        // The host header carries the list; nothing else is edited and the request goes on.
         assert_eq!(
-            p.output,
-            OutputWrite::Header {
-                name: "x-upstream-host".into(),
-                value: want.join(",")
-            }
+            p.effects.request,
+            [HeaderEdit::set("x-upstream-host", want.join(","))]
         );
+        assert!(p.effects.response.is_empty() && p.effects.reply.is_none());
+        assert_eq!(p.effects.flow, Flow::Continue);
+        assert_eq!(p.original_dst, None);
         assert_eq!(
             p.explain.as_deref(),
             Some(
@@ -466,8 +476,13 @@ mod tests {
                 .as_str()
             )
         );
-        assert_eq!(p.metrics, vec![Metric::Host(order[0], "picks")]);
+        assert_eq!(counted(&p.effects), [Stat::Of(order[0], Event::Picks)]);
         assert_eq!((p.hold_load, p.hold_in_flight), (None, None));
+        // The explanation goes on the response, under `debug_header`.
+        let explain = p.explain.unwrap_or_default();
+        let fx = explain_effects(&c, &explain);
+        assert_eq!(fx.response, [HeaderEdit::set("x-hash-explain", explain)]);
+        assert!(fx.request.is_empty() && fx.stats.is_empty());
         // The primary is what tools compute for the key.
         assert_eq!(
             crate::primary_host(&c, "alice").as_deref(),
@@ -480,9 +495,12 @@ mod tests {
         let c = config(r#", "output": {"original_dst": true}"#);
         let p = plan(&c, Some("alice"), &[true; 4], None);
         assert_eq!(p.selection.hosts.len(), 1);
+        assert_eq!(p.original_dst, Some(p.addresses[0].clone()));
+        // No header: the destination is filter state. The pick is still counted.
+        assert!(p.effects.request.is_empty());
         assert_eq!(
-            p.output,
-            OutputWrite::OriginalDst(Some(p.addresses[0].clone()))
+            counted(&p.effects),
+            [Stat::Of(p.selection.hosts[0], Event::Picks)]
         );
     }
 
@@ -495,17 +513,23 @@ mod tests {
         let p = plan(&c, Some("bob"), &healthy, None);
         assert_eq!(p.selection.hosts, vec![order[1], order[2], order[3]]);
         assert_eq!(
-            p.metrics,
-            vec![
-                Metric::Host(order[1], "picks"),
-                Metric::Host(order[0], "health_skips")
+            counted(&p.effects),
+            [
+                Stat::Of(order[1], Event::Picks),
+                Stat::Of(order[0], Event::HealthSkips)
             ]
         );
         assert!(p.explain.unwrap().contains("reason=health_skip;"));
         // Every host ejected: fail open by hash.
         let p = plan(&c, Some("bob"), &[false; 4], None);
         assert_eq!(p.selection.chosen(), Some(order[0]));
-        assert!(p.metrics.contains(&Metric::Global("all_unhealthy")));
+        assert_eq!(
+            counted(&p.effects),
+            [
+                Stat::Of(order[0], Event::Picks),
+                Stat::Fixed(Metric::AllUnhealthy)
+            ]
+        );
     }
 
     #[test]
@@ -527,7 +551,13 @@ mod tests {
             vec![order[1], order[2], order[3], order[0]]
         );
         assert_eq!(p.hold_load, Some(address(&c, order[1])));
-        assert!(p.metrics.contains(&Metric::Host(order[0], "spills")));
+        assert_eq!(
+            counted(&p.effects),
+            [
+                Stat::Of(order[1], Event::Picks),
+                Stat::Of(order[0], Event::Spills)
+            ]
+        );
         assert!(p.explain.unwrap().contains("reason=bounded_load_spill;"));
     }
 
@@ -582,7 +612,13 @@ mod tests {
                     now: 1,
                 };
                 let p = plan_selection(&c, &s, &k, &snap);
-                assert_eq!(p.metrics[0], Metric::Global("no_key"));
+                assert_eq!(
+                    counted(&p.effects),
+                    [
+                        Stat::Fixed(Metric::NoKey),
+                        Stat::Of(rr as usize, Event::Picks)
+                    ]
+                );
                 assert!(p.explain.unwrap().starts_with("key=none; hash=-;"));
                 p.selection.hosts[0]
             })
@@ -631,15 +667,34 @@ mod tests {
     }
 
     #[test]
-    fn stat_labels_have_no_separators() {
-        assert_eq!(stat_label("127.0.0.1:8081"), "127_0_0_1_8081");
-        assert_eq!(stat_label("[::1]:80"), "1__80");
+    fn a_later_sets_hosts_count_under_their_own_names() {
         let c = config("");
-        let s = set(&c);
-        assert_eq!(
-            s.metric_name(Metric::Host(1, "picks")).as_deref(),
-            Some("host.10_0_0_2_80.picks")
-        );
-        assert_eq!(s.stat_names().count(), 16);
+        let mut subjects = Subjects::default();
+        let first = HostSet::new(&c, c.hosts.clone(), 0, &mut subjects);
+        assert_eq!(first.subjects, [0, 1, 2, 3]);
+        // A fetched set: 10.0.0.2 keeps subject 1, the new host gets the next number.
+        let hosts = crate::hostset::parse_host_list(
+            br#"[{"address": "10.0.0.2:80"}, {"address": "10.0.0.9:80"}]"#,
+        )
+        .unwrap();
+        let second = HostSet::new(&c, hosts, 1, &mut subjects);
+        assert_eq!(second.subjects, [1, 4]);
+        assert_eq!(subjects.labels()[4], "host.10_0_0_9_80");
+        let mut fx = Effects::new();
+        second.count(&mut fx, 0, Event::Ejections);
+        // An index outside the set counts nothing.
+        second.count(&mut fx, 7, Event::Picks);
+        assert_eq!(counted(&fx), [Stat::Of(1, Event::Ejections)]);
+    }
+
+    #[test]
+    fn no_debug_header_no_response_edit() {
+        let c = Config::parse(
+            br#"{"hosts": [{"address": "10.0.0.1:80"}], "hash_key": [{"header": "k"}]}"#,
+        )
+        .unwrap();
+        assert!(explain_effects(&c, "key=none").is_empty());
+        let p = plan(&c, Some("x"), &[true], None);
+        assert_eq!(p.explain, None);
     }
 }

@@ -1,7 +1,8 @@
 //! Decision cost per request while keys keep arriving, with criterion (native, release, in-memory
 //! store with Envoy's CAS semantics): `cargo bench -p switchyard-ratelimit --bench decide`. It
-//! includes decoding and re-encoding the key's bucket (up to 16 entries), which is what every
-//! request pays inside Envoy besides the two shared-data host calls.
+//! includes the key's bucket (up to 16 entries): scanned and patched in place for a known key,
+//! decoded and re-encoded for a new one. That is what every request pays inside Envoy besides
+//! the two shared-data host calls.
 //!
 //! - `ratelimit/decide/per_ip_3_gcra_new_keys`: rule `per-ip` (3 GCRA tiers), 200,000 client
 //!   addresses cycled through a 100,000-key table, so nearly every request is a key the table
@@ -33,7 +34,7 @@ fn decide(c: &mut Criterion) {
     let limiter = Limiter::new(settings, "bench");
     let store = MemStore::new();
     for i in 0..limiter.bucket_count() {
-        let _ = ensure_key(&store, &limiter.bucket_key(i), &Bucket::default().encode());
+        let _ = ensure_key(&store, limiter.bucket_key(i), &Bucket::default().encode());
     }
     let requests: Vec<(RequestView, RequestView)> = (0..KEYS)
         .map(|i| {

@@ -26,7 +26,7 @@ fn prepared(config: &str, requests: &[RequestView]) -> Option<(Limiter, MemStore
     let limiter = Limiter::new(settings, "bench");
     let store = MemStore::new();
     for i in 0..limiter.bucket_count() {
-        let _ = ensure_key(&store, &limiter.bucket_key(i), &Bucket::default().encode());
+        let _ = ensure_key(&store, limiter.bucket_key(i), &Bucket::default().encode());
     }
     for (i, req) in requests.iter().enumerate() {
         black_box(limiter.decide(&store, req, T0 + i as u64 * 1000));

@@ -158,6 +158,67 @@ fn rank(e: &Entry, now_ms: u64) -> (bool, u64, u64) {
     )
 }
 
+/// One entry of a stored bucket, found without decoding the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located<'a> {
+    /// Where the entry's `last_seen_ms` starts in the stored bytes.
+    times_at: usize,
+    pub last_seen_ms: u64,
+    pub state: &'a [u8],
+}
+
+/// Finds an entry in a stored bucket by scanning it in place (no allocation). `None` when the
+/// key is absent or the bucket is unreadable (which [`Bucket::decode`] reads as empty).
+pub fn locate<'a>(b: &'a [u8], tag: u32, key_id: &[u8]) -> Option<Located<'a>> {
+    let (&version, rest) = b.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let (count, mut rest) = rest.split_first_chunk::<2>()?;
+    let mut found = None;
+    for _ in 0..u16::from_le_bytes(*count) {
+        let (t, r) = rest.split_first_chunk::<4>()?;
+        let (&klen, r) = r.split_first()?;
+        let key = r.get(..klen as usize)?;
+        let r = &r[klen as usize..];
+        let times_at = b.len() - r.len();
+        let (last_seen, r) = r.split_first_chunk::<8>()?;
+        let (_times, r) = r.split_first_chunk::<16>()?;
+        let (slen, r) = r.split_first_chunk::<4>()?;
+        let state = r.get(..u32::from_le_bytes(*slen) as usize)?;
+        rest = &r[state.len()..];
+        if found.is_none() && u32::from_le_bytes(*t) == tag && key == key_id {
+            found = Some(Located {
+                times_at,
+                last_seen_ms: u64::from_le_bytes(*last_seen),
+                state,
+            });
+        }
+    }
+    if rest.is_empty() {
+        found
+    } else {
+        None
+    }
+}
+
+/// The stored bucket with one entry's times and state overwritten in place: one copy of the
+/// bytes and no decoding. `None` when the new state's length differs (the caller re-encodes).
+pub fn patched(b: &[u8], at: &Located, times: [u64; 3], state: &[u8]) -> Option<Vec<u8>> {
+    if state.len() != at.state.len() {
+        return None;
+    }
+    let mut out = b.to_vec();
+    let mut i = at.times_at;
+    for t in times {
+        out.get_mut(i..i + 8)?.copy_from_slice(&t.to_le_bytes());
+        i += 8;
+    }
+    i += 4;
+    out.get_mut(i..i + state.len())?.copy_from_slice(state);
+    Some(out)
+}
+
 fn parse(b: &[u8]) -> Option<Bucket> {
     let (&version, rest) = b.split_first()?;
     if version != VERSION {
@@ -193,6 +254,35 @@ fn parse(b: &[u8]) -> Option<Bucket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patching_in_place_equals_decoding_editing_and_encoding() {
+        let mut b = Bucket::default();
+        for (i, k) in ["a", "bb", "a-much-longer-key-than-thirty-two-bytes!"]
+            .iter()
+            .enumerate()
+        {
+            let mut e = entry(k, 10 + i as u64, 20, 30);
+            e.state = vec![i as u8; 3 + i];
+            b.insert(e, 16, 0);
+        }
+        let stored = b.encode();
+        let id = key_id("bb");
+        let at = locate(&stored, 7, &id).unwrap();
+        assert_eq!((at.last_seen_ms, at.state), (11, [1u8; 4].as_slice()));
+        let patched = patched(&stored, &at, [50, 60, 70], &[9; 4]).unwrap();
+        let i = b.find(7, &id).unwrap();
+        b.entries[i].last_seen_ms = 50;
+        b.entries[i].idle_at_ms = 60;
+        b.entries[i].drain_at_ms = 70;
+        b.entries[i].state = vec![9; 4];
+        assert_eq!(patched, b.encode());
+        // A state of another length, a missing key, a corrupt bucket: no patch.
+        assert_eq!(super::patched(&stored, &at, [0; 3], &[1; 5]), None);
+        assert_eq!(locate(&stored, 8, &id), None);
+        assert_eq!(locate(&stored[..stored.len() - 1], 7, &id), None);
+        assert_eq!(locate(&[], 7, &id), None);
+    }
 
     fn entry(key: &str, last_seen: u64, idle_at: u64, drain_at: u64) -> Entry {
         Entry {

@@ -7,7 +7,7 @@
 //! minus one interval; sliding log: the timestamp removed) and the request is rejected.
 //! A single matching rule needs no read pass: its one CAS is the decision.
 
-use crate::bucket::{bucket_index, capacities, key_id, Bucket, Entry, Insert};
+use crate::bucket::{self, bucket_index, capacities, key_id, Bucket, Entry, Insert};
 use crate::config::{FailureMode, Mode, Rule, Settings};
 use crate::limiter::{Evaluation, RuleState, TierView};
 use switchyard_core::shared::{cas_update, CasOutcome, SharedStore, Update};
@@ -18,7 +18,8 @@ use switchyard_core::duration::NS_PER_MS;
 /// The limiter of one plugin configuration.
 pub struct Limiter {
     pub settings: Settings,
-    prefix: String,
+    /// The shared-data key of each bucket.
+    keys: Vec<String>,
     capacities: Vec<u16>,
 }
 
@@ -85,9 +86,12 @@ impl Limiter {
     /// `namespace` separates the state of different plugin instances in one Envoy.
     pub fn new(settings: Settings, namespace: &str) -> Limiter {
         let capacities = capacities(settings.max_keys);
+        let keys = (0..capacities.len())
+            .map(|i| format!("switchyard.ratelimit.{namespace}.b{i}"))
+            .collect();
         Limiter {
             settings,
-            prefix: format!("switchyard.ratelimit.{namespace}.b"),
+            keys,
             capacities,
         }
     }
@@ -96,8 +100,8 @@ impl Limiter {
         self.capacities.len()
     }
 
-    pub fn bucket_key(&self, i: usize) -> String {
-        format!("{}{i}", self.prefix)
+    pub fn bucket_key(&self, i: usize) -> &str {
+        self.keys.get(i).map_or("", String::as_str)
     }
 
     /// Decides a request at `now_ns` (Envoy's clock). Never blocks: the decision is made with
@@ -147,7 +151,7 @@ impl Limiter {
         for m in &matched {
             let rule = &rules[m.rule];
             let attempt = |retries: u32| {
-                cas_update(store, &self.bucket_key(m.bucket), retries, |cur| {
+                cas_update(store, self.bucket_key(m.bucket), retries, |cur| {
                     self.step(rule, m, cur, now_ns)
                 })
             };
@@ -243,17 +247,11 @@ impl Limiter {
         now_ns: u64,
     ) -> Option<Evaluation> {
         let rule = &self.settings.rules[m.rule];
-        let (bytes, _) = store.get(&self.bucket_key(m.bucket)).ok()?;
-        let bucket = Bucket::decode(bytes.as_deref());
-        let state = bucket
-            .find(rule.tag, &m.key_id)
-            .and_then(|i| {
-                RuleState::decode(
-                    rule,
-                    &bucket.entries[i].state,
-                    bucket.entries[i].last_seen_ms,
-                )
-            })
+        let (bytes, _) = store.get(self.bucket_key(m.bucket)).ok()?;
+        let state = bytes
+            .as_deref()
+            .and_then(|b| bucket::locate(b, rule.tag, &m.key_id))
+            .and_then(|at| RuleState::decode(rule, at.state, at.last_seen_ms))
             .unwrap_or_else(|| RuleState::fresh(rule));
         Some(state.evaluate(rule, now_ns))
     }
@@ -296,19 +294,11 @@ impl Limiter {
     /// One CAS attempt for one rule: find or insert the key's entry, evaluate, write if admitted.
     fn step(&self, rule: &Rule, m: &Matched, cur: Option<&[u8]>, now_ns: u64) -> Update<Step> {
         let now_ms = now_ns / NS_PER_MS;
-        let mut bucket = Bucket::decode(cur);
-        let before_len = bucket.entries.len() as i64;
-        let found = bucket.find(rule.tag, &m.key_id);
-        let state = found
-            .and_then(|i| {
-                RuleState::decode(
-                    rule,
-                    &bucket.entries[i].state,
-                    bucket.entries[i].last_seen_ms,
-                )
-            })
-            .unwrap_or_else(|| RuleState::fresh(rule));
-        let eval = state.evaluate(rule, now_ns);
+        let at = cur.and_then(|b| bucket::locate(b, rule.tag, &m.key_id));
+        let eval = at
+            .and_then(|a| RuleState::decode(rule, a.state, a.last_seen_ms))
+            .unwrap_or_else(|| RuleState::fresh(rule))
+            .evaluate(rule, now_ns);
         if !eval.admitted {
             return Update::Keep(Step {
                 eval,
@@ -316,6 +306,29 @@ impl Limiter {
                 slots_delta: 0,
             });
         }
+        // The common case, a known key: its entry is updated in place, nothing else decoded.
+        if let (Some(stored), Some(at)) = (cur, at) {
+            // Never move backwards: another worker may have read the clock a little later.
+            let last_seen_ms = at.last_seen_ms.max(now_ms);
+            let times = [
+                last_seen_ms,
+                eval.next.idle_at_ms(rule),
+                eval.next.drain_at_ms(rule, now_ns),
+            ];
+            let state = eval.next.encode(last_seen_ms);
+            if let Some(bytes) = bucket::patched(stored, &at, times, &state) {
+                let step = Step {
+                    eval,
+                    insert: None,
+                    slots_delta: 0,
+                };
+                return Update::Write(bytes, step);
+            }
+        }
+        // A new key (or a state of another size): decode the bucket, insert, encode.
+        let mut bucket = Bucket::decode(cur);
+        let before_len = bucket.entries.len() as i64;
+        let found = bucket.find(rule.tag, &m.key_id);
         let entry = make_entry(
             rule,
             &m.key_id,
@@ -356,7 +369,7 @@ impl Limiter {
             let rule = &self.settings.rules[m.rule];
             let outcome = cas_update(
                 store,
-                &self.bucket_key(m.bucket),
+                self.bucket_key(m.bucket),
                 self.settings.max_cas_retries,
                 |cur| {
                     let mut bucket = Bucket::decode(cur);

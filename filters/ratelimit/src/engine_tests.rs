@@ -268,7 +268,7 @@ fn failure_modes() {
         let store = MemStore::new();
         // As on_configure does: the buckets exist, so every write is a CAS.
         for i in 0..l.bucket_count() {
-            ensure_key(&store, &l.bucket_key(i), &Bucket::default().encode()).unwrap();
+            ensure_key(&store, l.bucket_key(i), &Bucket::default().encode()).unwrap();
         }
         store.interfere(|_| true);
         let o = l.decide(&store, &req("1.1.1.1", None, "/"), T0);
@@ -292,7 +292,7 @@ fn failure_allow_still_counts_requests_that_met_contention() {
     );
     let store = MemStore::new();
     for i in 0..l.bucket_count() {
-        ensure_key(&store, &l.bucket_key(i), &Bucket::default().encode()).unwrap();
+        ensure_key(&store, l.bucket_key(i), &Bucket::default().encode()).unwrap();
     }
     let r = RequestView::new("GET", "/").with_header("x-k", "flooder");
     // The first round of CAS attempts all lose to "other workers"; later ones win.
@@ -364,4 +364,105 @@ fn idle_keys_are_reclaimed_without_losing_state() {
         evicted_active += o.evicted_active;
     }
     assert_eq!(evicted_active, 0);
+}
+
+mod effects {
+    use super::*;
+    use crate::global::GlobalCounts;
+    use crate::metrics::{Effects, Event, Metric};
+    use crate::response::{count_global, count_local, decision};
+    use switchyard_core::{Flow, HeaderEdit, Stat};
+
+    #[test]
+    fn an_admitted_request_counts_and_keeps_its_headers_for_the_response() {
+        let l = limiter(TIERED);
+        let store = MemStore::new();
+        let o = l.decide(&store, &req("10.0.0.1", None, "/"), T0);
+        let mut e = Effects::new();
+        count_local(&o, &mut e);
+        assert_eq!(e.added(Stat::Of(0, Event::Allowed)), 1);
+        assert_eq!(e.added(Stat::Of(0, Event::Limited)), 0);
+        assert_eq!(e.added(Stat::Fixed(Metric::SlotsInUse)), 1);
+        let d = decision(&l.settings, &o, &[], e);
+        assert_eq!(d.effects.reply, None);
+        assert_eq!(d.effects.flow, Flow::Continue);
+        let names: Vec<&str> = d.on_response.iter().map(HeaderEdit::name).collect();
+        assert_eq!(names, ["ratelimit-policy", "ratelimit"]);
+        assert!(d
+            .on_response
+            .iter()
+            .all(|h| matches!(h, HeaderEdit::Set(..))));
+    }
+
+    #[test]
+    fn a_rejection_is_a_local_reply_with_the_services_headers_ours_winning() {
+        let l = limiter(TIERED);
+        let store = MemStore::new();
+        let a = req("10.0.0.1", None, "/");
+        l.decide(&store, &a, T0);
+        let o = l.decide(&store, &a, T0 + 100 * MS);
+        let service = [
+            ("retry-after".to_string(), b"99".to_vec()),
+            ("x-service".to_string(), b"yes".to_vec()),
+        ];
+        let mut e = Effects::new();
+        count_local(&o, &mut e);
+        assert_eq!(e.added(Stat::Of(0, Event::Limited)), 1);
+        let d = decision(&l.settings, &o, &service, e);
+        let reply = d.effects.reply.unwrap();
+        assert_eq!((reply.status, reply.details), (429, "switchyard_ratelimit"));
+        let retry: Vec<&[u8]> = reply
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "retry-after")
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        assert_eq!(retry, [b"1".as_slice()]);
+        assert!(reply
+            .headers
+            .contains(&("x-service".into(), b"yes".to_vec())));
+        assert!(reply.body.starts_with(b"{"));
+        // Should the host refuse the reply, the response still gets the headers.
+        assert!(d
+            .on_response
+            .contains(&HeaderEdit::add("x-service", b"yes".as_slice())));
+    }
+
+    #[test]
+    fn shadow_mode_tags_the_response_instead_of_replying() {
+        let l = limiter(
+            r#"{"mode":"shadow","rules":[{"name":"r","key":[{"client_ip":{}}],
+                "limits":[{"requests":1,"per":"1s"}]}]}"#,
+        );
+        let store = MemStore::new();
+        let a = req("10.0.0.1", None, "/");
+        l.decide(&store, &a, T0);
+        let o = l.decide(&store, &a, T0 + 100 * MS);
+        let mut e = Effects::new();
+        count_local(&o, &mut e);
+        assert_eq!(e.added(Stat::Of(0, Event::ShadowLimited)), 1);
+        let d = decision(&l.settings, &o, &[], e);
+        assert_eq!(d.effects.reply, None);
+        assert_eq!(
+            d.on_response.first(),
+            Some(&HeaderEdit::set(
+                "x-ratelimit-shadow",
+                "\"r\";retry_after=1"
+            ))
+        );
+    }
+
+    #[test]
+    fn global_counts_land_on_their_rules() {
+        let mut e = Effects::new();
+        let c = GlobalCounts {
+            over_limit: 1,
+            limited: 1,
+            ..GlobalCounts::default()
+        };
+        count_global(&[(2, c)], &mut e);
+        assert_eq!(e.added(Stat::Of(2, Event::GlobalOverLimit)), 1);
+        assert_eq!(e.added(Stat::Of(2, Event::Limited)), 1);
+        assert_eq!(e.stats.len(), 2);
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Pure logic: [`config`] (parsing + validation), [`limiter`] (the per-key math), [`bucket`]
 //! (the bounded shared-data layout and eviction), [`engine`] (the atomic multi-rule decision)
-//! and [`response`] (headers and bodies). [`filter`] is the proxy-wasm glue.
+//! and [`response`] (headers, bodies and the [`metrics::Effects`] of a decision). [`filter`] is
+//! the proxy-wasm glue: it reads, decides and hands the effects to `host::apply`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -12,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod global;
 pub mod limiter;
+pub mod metrics;
 pub mod response;
 pub mod rls_proto;
 

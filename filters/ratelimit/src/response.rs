@@ -2,6 +2,9 @@
 
 use crate::config::{HeaderStyle, Settings};
 use crate::engine::{Outcome, RuleReport, Verdict};
+use crate::global::GlobalCounts;
+use crate::metrics::{Effects, Event, Metric};
+use switchyard_core::{HeaderEdit, LocalReply};
 
 use switchyard_core::duration::NS_PER_S;
 
@@ -140,5 +143,85 @@ pub fn shadow_header(settings: &Settings, outcome: &Outcome) -> Option<String> {
             ))
         }
         _ => None,
+    }
+}
+
+/// Envoy's response code details for our rejections.
+pub const DETAILS: &str = "switchyard_ratelimit";
+
+/// Counts a local decision's events: per rule, and the shared-state housekeeping.
+pub fn count_local(outcome: &Outcome, e: &mut Effects) {
+    for (rule, c) in outcome.counts.iter().enumerate() {
+        e.count_of(rule, Event::Allowed, c.allowed)
+            .count_of(rule, Event::Limited, c.limited)
+            .count_of(rule, Event::ShadowLimited, c.shadow_limited)
+            .count_of(rule, Event::FailureAllowed, c.failure_allowed)
+            .count_of(rule, Event::FailureDenied, c.failure_denied)
+            .count_of(rule, Event::CasRetries, c.cas_retries);
+    }
+    e.gauge_by(Metric::SlotsInUse, outcome.slots_delta)
+        .count_n(Metric::EvictedIdle, outcome.evicted_idle)
+        .count_n(Metric::EvictedActive, outcome.evicted_active)
+        .count_n(Metric::RollbackFailures, outcome.rollback_failures);
+}
+
+/// Counts the global part's events per rule.
+pub fn count_global(counts: &[(usize, GlobalCounts)], e: &mut Effects) {
+    for (rule, c) in counts {
+        e.count_of(*rule, Event::Allowed, c.allowed)
+            .count_of(*rule, Event::GlobalOverLimit, c.over_limit)
+            .count_of(*rule, Event::GlobalFailureAllowed, c.failure_allowed)
+            .count_of(*rule, Event::GlobalFailureDenied, c.failure_denied)
+            .count_of(*rule, Event::Limited, c.limited)
+            .count_of(*rule, Event::ShadowLimited, c.shadow_limited);
+    }
+}
+
+/// What a request's final outcome does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Now: the counts passed in, and the rejection if the outcome rejects.
+    pub effects: Effects,
+    /// On the upstream's response, if the request goes on: our rate limit (and shadow) headers
+    /// set, then the service's `response_headers_to_add` appended, ours winning by name.
+    pub on_response: Vec<HeaderEdit>,
+}
+
+pub fn decision(
+    settings: &Settings,
+    outcome: &Outcome,
+    service_headers: &[(String, Vec<u8>)],
+    mut effects: Effects,
+) -> Decision {
+    let mut ours: Vec<(String, String)> = Vec::new();
+    if let Some(reject) = rejection(settings, outcome) {
+        let mut reply = LocalReply::new(reject.status, DETAILS).body(reject.body);
+        for (k, v) in &reject.headers {
+            reply = reply.header(k.as_str(), v.as_bytes());
+        }
+        for (k, v) in service_headers {
+            if !reject.headers.iter().any(|(own, _)| own == k) {
+                reply = reply.header(k.as_str(), v.as_slice());
+            }
+        }
+        effects = effects.reply(reply);
+    }
+    if let Some(shadow) = shadow_header(settings, outcome) {
+        ours.push(("x-ratelimit-shadow".to_string(), shadow));
+    }
+    ours.extend(rate_limit_headers(settings, outcome));
+    let mut on_response: Vec<HeaderEdit> = service_headers
+        .iter()
+        .filter(|(k, _)| !ours.iter().any(|(own, _)| own == k))
+        .map(|(k, v)| HeaderEdit::add(k.as_str(), v.as_slice()))
+        .collect();
+    on_response.splice(
+        0..0,
+        ours.into_iter()
+            .map(|(k, v)| HeaderEdit::Set(k, v.into_bytes())),
+    );
+    Decision {
+        effects,
+        on_response,
     }
 }

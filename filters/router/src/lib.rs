@@ -6,9 +6,14 @@
 
 pub mod config;
 pub mod filter;
+pub mod metrics;
+pub mod plan;
 pub mod reload;
+pub mod runtime;
 pub mod table;
 
+#[cfg(test)]
+mod plan_tests;
 #[cfg(test)]
 mod tests;
 

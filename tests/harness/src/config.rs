@@ -1,10 +1,13 @@
 //! Envoy bootstrap generation: a builder for the common shape (one listener, an HTTP connection
 //! manager with wasm/native filters and a router, static clusters) and a template escape hatch.
+//! The YAML comes from `switchyard-bootstrap`, the generator `cargo xtask` uses too; this module
+//! holds the harness's defaults (modules from `dist/`, root id = name, the catch-all route,
+//! `{{...}}` placeholders).
 
 use crate::paths;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
+use switchyard_bootstrap::{self as bootstrap, Bootstrap};
 
 /// One wasm HTTP filter (`envoy.filters.http.wasm`) in the chain.
 #[derive(Debug, Clone)]
@@ -68,47 +71,19 @@ impl WasmFilter {
         self
     }
 
-    fn render(&self, indent: usize) -> String {
+    /// The shared generator's filter: the module from `dist/` unless [`WasmFilter::path`] is
+    /// set, root id and vm id `name` unless set.
+    fn plugin(&self) -> bootstrap::WasmFilter {
         let path = match &self.path {
             Some(p) => p.clone(),
             None => paths::wasm_path(&self.name),
         };
-        let root_id = self.root_id.as_deref().unwrap_or(&self.name);
-        let vm_id = self.vm_id.as_deref().unwrap_or(&self.name);
-        let mut y = format!(
-            "name: {name}\n\
-             typed_config:\n  \
-               \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n  \
-               config:\n    \
-                 name: {name}\n    \
-                 root_id: {root_id}\n    \
-                 vm_config:\n      \
-                   vm_id: {vm_id}\n      \
-                   runtime: envoy.wasm.runtime.v8\n      \
-                   code:\n        \
-                     local:\n          \
-                       filename: {path}\n    \
-                 configuration:\n      \
-                   \"@type\": type.googleapis.com/google.protobuf.StringValue\n      \
-                   value: {config}\n",
-            name = yaml_str(&self.name),
-            root_id = yaml_str(root_id),
-            vm_id = yaml_str(vm_id),
-            path = yaml_str(&path.to_string_lossy()),
-            config = yaml_str(&self.config),
-        );
-        let sets_policy = self.extra.as_deref().is_some_and(|extra| {
-            extra
-                .lines()
-                .any(|l| l.trim_start().starts_with("failure_policy:"))
-        });
-        if !sets_policy {
-            y.push_str(&block("failure_policy: FAIL_RELOAD", 4));
+        bootstrap::WasmFilter {
+            root_id: Some(self.root_id.clone().unwrap_or_else(|| self.name.clone())),
+            vm_id: self.vm_id.clone(),
+            extra: self.extra.clone(),
+            ..bootstrap::WasmFilter::new(&self.name, path, &self.config)
         }
-        if let Some(extra) = &self.extra {
-            y.push_str(&block(extra, 4));
-        }
-        list_item(&y, indent)
     }
 }
 
@@ -163,18 +138,12 @@ impl Cluster {
         &self.name
     }
 
-    fn render(&self, indent: usize) -> Result<String, String> {
+    /// The `clusters` entry (a mapping); an error for an endpoint that is not `host:port`.
+    fn yaml(&self) -> Result<String, String> {
         if let Some(raw) = &self.raw {
-            return Ok(list_item(&dedent(raw), indent));
+            return Ok(raw.clone());
         }
-        let mut y = format!(
-            "name: {name}\ntype: STATIC\nconnect_timeout: {timeout}\nload_assignment:\n  cluster_name: {name}\n  endpoints:\n  - lb_endpoints:\n",
-            name = yaml_str(&self.name),
-            timeout = self.connect_timeout,
-        );
-        if self.endpoints.is_empty() {
-            y.push_str("    []\n");
-        }
+        let mut endpoints = Vec::new();
         for ep in &self.endpoints {
             let (host, port) = ep.rsplit_once(':').ok_or_else(|| {
                 format!("cluster {}: endpoint {ep:?} is not host:port", self.name)
@@ -183,16 +152,14 @@ impl Cluster {
                 .parse()
                 .map_err(|_| format!("cluster {}: endpoint {ep:?} has a bad port", self.name))?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            let _ = writeln!(
-                y,
-                "    - endpoint:\n        address:\n          socket_address: {{ address: {}, port_value: {port} }}",
-                yaml_str(host)
-            );
+            endpoints.push((host.to_string(), port));
         }
-        if let Some(extra) = &self.extra {
-            y.push_str(&dedent(extra));
+        Ok(bootstrap::Cluster {
+            connect_timeout: self.connect_timeout.clone(),
+            extra: self.extra.clone(),
+            ..bootstrap::Cluster::new(&self.name, endpoints)
         }
-        Ok(list_item(&y, indent))
+        .yaml())
     }
 }
 
@@ -265,93 +232,55 @@ impl Spec {
         if let Some(t) = &self.template {
             return Ok(t.clone());
         }
-        let mut y = String::new();
-        // File-based xDS (CDS/LDS/ECDS from {{DIR}}) requires a node id and cluster.
-        y.push_str("node: { id: switchyard-test, cluster: switchyard-test }\n");
-        y.push_str(
-            "admin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: {{ADMIN_PORT}} }\n",
-        );
-        y.push_str("static_resources:\n  listeners:\n  - name: main\n    address:\n      socket_address: { address: 127.0.0.1, port_value: {{LISTENER_PORT}} }\n");
-        y.push_str("    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: ingress\n          codec_type: AUTO\n");
-        // As every shipped configuration: filters see normalised paths (README "Paths are
-        // normalised by Envoy"). `use_remote_address` stays false so tests can choose the
-        // client address with X-Forwarded-For.
-        if !self
-            .hcm_extra
-            .as_deref()
-            .is_some_and(|e| e.contains("normalize_path"))
-        {
-            y.push_str("          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT\n");
+        let mut routes: Vec<String> = self.routes.clone();
+        let default_cluster = self
+            .default_cluster
+            .clone()
+            .or_else(|| self.clusters.first().map(|c| c.name.clone()));
+        if self.default_route {
+            routes.push(match &default_cluster {
+                Some(c) => bootstrap::catch_all(c),
+                None => "match: { prefix: \"/\" }\ndirect_response: { status: 503, body: { inline_string: \"no cluster configured\" } }\n".to_string(),
+            });
         }
-        if let Some(extra) = &self.hcm_extra {
-            y.push_str(&block(extra, 10));
-        }
-        if let Some(rc) = &self.route_config {
-            y.push_str("          route_config:\n");
-            y.push_str(&block(rc, 12));
-        } else {
-            let default_cluster = self
-                .default_cluster
-                .clone()
-                .or_else(|| self.clusters.first().map(|c| c.name.clone()));
-            y.push_str("          route_config:\n            name: local\n");
+        let http_filters = self
+            .filters
+            .iter()
+            .map(|f| match f {
+                HttpFilter::Wasm(w) => w.plugin().yaml(),
+                HttpFilter::Native(n) => n.clone(),
+            })
+            .collect();
+        Ok(Bootstrap {
+            // File-based xDS (CDS/LDS/ECDS from {{DIR}}) requires a node id and cluster.
+            node: Some("switchyard-test".to_string()),
+            stat_prefix: "ingress".to_string(),
+            route_config_name: "local".to_string(),
+            // As every shipped configuration: filters see normalised paths (README "Paths are
+            // normalised by Envoy"), unless `hcm_extra` sets `normalize_path`.
+            // `use_remote_address` stays false so tests can choose the client address with
+            // X-Forwarded-For.
+            hcm_extra: std::iter::once("codec_type: AUTO".to_string())
+                .chain(self.hcm_extra.clone())
+                .collect(),
+            route_config: self.route_config.clone(),
             // A route to a cluster that only dynamic resources (CDS) will provide cannot be
             // checked at startup; routes to static clusters keep the check.
-            if default_cluster
-                .as_ref()
-                .is_some_and(|d| !self.clusters.iter().any(|c| &c.name == d))
-            {
-                y.push_str("            validate_clusters: false\n");
-            }
-            y.push_str("            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n");
-            if let Some(extra) = &self.vhost_extra {
-                y.push_str(&block(extra, 14));
-            }
-            y.push_str("              routes:\n");
-            for r in &self.routes {
-                y.push_str(&list_item(&dedent(r), 14));
-            }
-            match (self.default_route, default_cluster) {
-                (true, Some(c)) => {
-                    let _ = writeln!(
-                        y,
-                        "              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: {} }}",
-                        yaml_str(&c)
-                    );
-                }
-                (true, None) => {
-                    y.push_str("              - match: { prefix: \"/\" }\n                direct_response: { status: 503, body: { inline_string: \"no cluster configured\" } }\n");
-                }
-                (false, _) if self.routes.is_empty() => y.push_str("              []\n"),
-                (false, _) => {}
-            }
+            validate_clusters: default_cluster
+                .is_none_or(|d| self.clusters.iter().any(|c| c.name == d)),
+            virtual_host_extra: self.vhost_extra.clone(),
+            routes,
+            http_filters,
+            upstream_http_filters: self.upstream_filters.clone(),
+            clusters: self
+                .clusters
+                .iter()
+                .map(Cluster::yaml)
+                .collect::<Result<_, _>>()?,
+            extra: self.bootstrap_extra.clone(),
+            ..Bootstrap::new("main", "{{ADMIN_PORT}}", "{{LISTENER_PORT}}")
         }
-        y.push_str("          http_filters:\n");
-        for f in &self.filters {
-            match f {
-                HttpFilter::Wasm(w) => y.push_str(&w.render(10)),
-                HttpFilter::Native(n) => y.push_str(&list_item(&dedent(n), 10)),
-            }
-        }
-        y.push_str("          - name: envoy.filters.http.router\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n");
-        if !self.upstream_filters.is_empty() {
-            y.push_str("              upstream_http_filters:\n");
-            for f in &self.upstream_filters {
-                y.push_str(&list_item(&dedent(f), 14));
-            }
-            y.push_str("              - name: envoy.filters.http.upstream_codec\n                typed_config:\n                  \"@type\": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec\n");
-        }
-        y.push_str("  clusters:\n");
-        if self.clusters.is_empty() {
-            y.push_str("  []\n");
-        }
-        for c in &self.clusters {
-            y.push_str(&c.render(2)?);
-        }
-        if let Some(extra) = &self.bootstrap_extra {
-            y.push_str(&dedent(extra));
-        }
-        Ok(y)
+        .yaml())
     }
 }
 
@@ -391,81 +320,9 @@ fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
 
-/// A YAML double-quoted scalar. JSON string syntax is valid YAML, and it escapes everything.
-pub(crate) fn yaml_str(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
-}
-
-/// Removes the common leading indentation so snippets can be written indented in raw strings.
-/// A first line written right after the opening quote (`r#"match: ...` followed by indented
-/// lines) counts as being at the indentation of the lines after it.
-pub(crate) fn dedent(s: &str) -> String {
-    let mut lines: Vec<&str> = s.lines().collect();
-    let mut out = String::new();
-    let first_on_quote_line = lines
-        .first()
-        .is_some_and(|l| !l.trim().is_empty() && !l.starts_with(' '));
-    if first_on_quote_line && lines.len() > 1 {
-        out.push_str(lines.remove(0).trim_end());
-        out.push('\n');
-    }
-    let indent = lines
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    for l in lines {
-        if l.trim().is_empty() {
-            continue;
-        }
-        out.push_str(l.get(indent..).unwrap_or(l.trim_start()).trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// Indents a snippet as a mapping block at `indent` columns.
-pub(crate) fn block(s: &str, indent: usize) -> String {
-    let pad = " ".repeat(indent);
-    dedent(s).lines().map(|l| format!("{pad}{l}\n")).collect()
-}
-
-/// Turns a mapping snippet into a list item (`- ` before its first line) at `indent` columns.
-pub(crate) fn list_item(s: &str, indent: usize) -> String {
-    let pad = " ".repeat(indent);
-    let mut out = String::new();
-    for (i, l) in dedent(s).lines().enumerate() {
-        if i == 0 {
-            let _ = writeln!(out, "{pad}- {l}");
-        } else {
-            let _ = writeln!(out, "{pad}  {l}");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dedent_and_list_item_keep_relative_indentation() {
-        let s = "\n    match: { prefix: \"/a\" }\n    route:\n      cluster: x\n";
-        assert_eq!(
-            list_item(s, 2),
-            "  - match: { prefix: \"/a\" }\n    route:\n      cluster: x\n"
-        );
-        assert_eq!(
-            block("a: 1\nb:\n  c: 2", 4),
-            "    a: 1\n    b:\n      c: 2\n"
-        );
-        // First line on the opening-quote line, the rest indented like it.
-        assert_eq!(
-            dedent("match: {}\n        route:\n          cluster: a\n      "),
-            "match: {}\nroute:\n  cluster: a\n"
-        );
-    }
 
     #[test]
     fn substitution_replaces_known_and_rejects_unknown() {
@@ -481,14 +338,10 @@ mod tests {
     }
 
     #[test]
-    fn yaml_strings_escape_json_configs() {
-        assert_eq!(yaml_str(r#"{"a":"b"}"#), r#""{\"a\":\"b\"}""#);
-    }
-
-    #[test]
     fn cluster_rejects_endpoint_without_port() {
-        assert!(Cluster::new("c", ["localhost"]).render(2).is_err());
-        let y = Cluster::new("c", ["127.0.0.1:80"]).render(2).unwrap();
+        assert!(Cluster::new("c", ["localhost"]).yaml().is_err());
+        assert!(Cluster::new("c", ["[::1]:x"]).yaml().is_err());
+        let y = Cluster::new("c", ["127.0.0.1:80"]).yaml().unwrap();
         assert!(y.contains("port_value: 80"), "{y}");
     }
 }

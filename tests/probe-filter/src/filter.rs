@@ -8,7 +8,22 @@ use std::rc::Rc;
 use std::time::Duration;
 use switchyard_core::abi::{self, Map};
 use switchyard_core::host;
-use switchyard_core::metrics::Metrics;
+use switchyard_core::metrics::{Stat, StatWrite};
+
+switchyard_core::metric_enum! {
+    /// The probe's stats (`switchyard.probe.<name>`).
+    enum Metric {
+        Cost = "cost",
+        Requests = "requests",
+        Logged = "logged",
+        Ticks = "ticks",
+        QueueReceived = "queue_received",
+        Paused = "paused": Gauge,
+        BodyBytes = "body_bytes": Histogram,
+    }
+}
+
+type Metrics = switchyard_core::Metrics<Metric>;
 use switchyard_core::shared::{cas_update, CasOutcome, Update};
 
 const NAME: &str = "probe";
@@ -111,13 +126,8 @@ impl RootContext for ProbeRoot {
                 log::error!("switchyard probe: cannot create {COST_KEY}: {e:?}");
                 return false;
             }
-            self.metrics.define_counter("cost");
         }
         if config.mode == "probe" {
-            for counter in ["requests", "logged", "ticks", "queue_received"] {
-                self.metrics.define_counter(counter);
-            }
-            self.metrics.define_gauge("paused");
             if config.tick_ms > 0 {
                 host::set_tick_period(Duration::from_millis(config.tick_ms));
             }
@@ -131,7 +141,7 @@ impl RootContext for ProbeRoot {
     }
 
     fn on_tick(&mut self) {
-        self.metrics.inc("ticks");
+        self.metrics.inc(Metric::Ticks);
         let _ = increment_shared(TICKS_KEY);
         let paused: Vec<u32> = self.paused.borrow_mut().drain(..).collect();
         for context_id in paused {
@@ -140,12 +150,12 @@ impl RootContext for ProbeRoot {
                 host::resume_request();
             }
         }
-        self.metrics.set_gauge("paused", 0);
+        self.metrics.set_gauge(Metric::Paused, 0);
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
         while let Ok(Some(message)) = abi::dequeue(queue_id) {
-            self.metrics.inc("queue_received");
+            self.metrics.inc(Metric::QueueReceived);
             let _ = cas_update(&host::HostStore, QUEUE_KEY, CAS_RETRIES, |current| {
                 let mut all = current.map(<[u8]>::to_vec).unwrap_or_default();
                 if !all.is_empty() {
@@ -214,7 +224,7 @@ impl HttpContext for CostHttp {
                 "header" => host::header(Map::RequestHeaders, ":path").map_or(0, |p| p.len()),
                 "time" => (host::now_nanos() & 1) as usize,
                 "metric" => {
-                    self.metrics.inc("cost");
+                    self.metrics.inc(Metric::Cost);
                     1
                 }
                 "log_debug" => {
@@ -300,7 +310,7 @@ impl Context for ProbeHttp {
 
 impl HttpContext for ProbeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.metrics.inc("requests");
+        self.metrics.inc(Metric::Requests);
         trap_on_demand();
         let method = request_header(":method").unwrap_or_default();
         let path = request_header(":path").unwrap_or_default();
@@ -389,7 +399,8 @@ impl HttpContext for ProbeHttp {
         }
         if request_header("x-probe-pause").is_some() {
             self.paused.borrow_mut().push(self.context_id);
-            self.metrics.add_gauge("paused", 1);
+            self.metrics
+                .apply(&[StatWrite::Add(Stat::Fixed(Metric::Paused), 1)]);
             return Action::Pause;
         }
         Action::Continue
@@ -403,7 +414,10 @@ impl HttpContext for ProbeHttp {
             // Buffer until the whole body is here.
             return Action::Pause;
         }
-        self.metrics.record("body_bytes", body_size as u64);
+        self.metrics.apply(&[StatWrite::Set(
+            Stat::Fixed(Metric::BodyBytes),
+            body_size as u64,
+        )]);
         let body = host::request_body(body_size);
         match mode.as_str() {
             "echo" => {
@@ -438,6 +452,6 @@ impl HttpContext for ProbeHttp {
     }
 
     fn on_log(&mut self) {
-        self.metrics.inc("logged");
+        self.metrics.inc(Metric::Logged);
     }
 }

@@ -21,8 +21,15 @@ fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut config = Config::new();
-        // Test modules are compiled once per process; compile speed beats code quality here.
-        config.cranelift_opt_level(OptLevel::None);
+        if std::env::var_os("SWITCHYARD_WASM_PERFMAP").is_some() {
+            // Profiling (`perf record` of a test): optimised code, and /tmp/perf-<pid>.map so
+            // perf names the module's functions (build it unstripped to get their names).
+            config.cranelift_opt_level(OptLevel::Speed);
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        } else {
+            // Test modules are compiled once per process; compile speed beats code quality.
+            config.cranelift_opt_level(OptLevel::None);
+        }
         Engine::new(&config).unwrap_or_else(|_| Engine::default())
     })
 }

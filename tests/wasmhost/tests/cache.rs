@@ -234,3 +234,100 @@ fn methods_are_case_sensitive_and_the_key_is_the_forwarded_authority() {
     assert!(port.upstream_reached());
     assert_eq!(x_cache(&port), "MISS");
 }
+
+// The per-worker L1 (issue #17): a hot hit crosses the boundary for one shared-data read (the
+// key's bucket), and a purge, an invalidation or a new version stored by another worker is
+// never answered from a worker's L1 copy.
+/// Shared-data reads of one request on `worker`.
+fn shared_reads(host: &mut Host, worker: usize, body: &str) -> (Outcome, u64) {
+    host.reset_host_calls();
+    let out = get(host, worker, "max-age=60", body);
+    let reads = host
+        .host_calls()
+        .get("proxy_get_shared_data")
+        .copied()
+        .unwrap_or(0);
+    (out, reads)
+}
+
+fn purge(host: &mut Host, worker: usize) -> Outcome {
+    host.worker(worker)
+        .request()
+        .method("PURGE")
+        .path("/item")
+        .header("x-purge-token", "t")
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn an_l1_hit_reads_one_bucket_and_never_outlives_a_change_on_another_worker() {
+    let mut host = cache(json!({"purge": {"token": "t"}}));
+    assert_eq!(x_cache(&get(&mut host, 0, "max-age=60", "v1")), "MISS");
+    // Worker 1's first hit reads the bucket and the entry; its next ones only the bucket.
+    let (first, reads) = shared_reads(&mut host, 1, "unused");
+    assert_eq!(
+        (x_cache(&first), first.response_body().as_str()),
+        ("HIT", "v1")
+    );
+    assert_eq!(reads, 2, "bucket + entry");
+    let (hot, reads) = shared_reads(&mut host, 1, "unused");
+    assert_eq!((x_cache(&hot), hot.response_body().as_str()), ("HIT", "v1"));
+    assert_eq!(
+        reads, 1,
+        "the bucket only: the entry comes from worker 1's L1"
+    );
+    assert_eq!(host.metric("switchyard.cache.l1_hits"), Some(1));
+
+    // Worker 0 purges: worker 1 must not answer from its copy.
+    let purged = purge(&mut host, 0);
+    assert_eq!(purged.status(), Some(200));
+    assert_eq!(purged.response_body(), "{\"purged\":1}\n");
+    let after = get(&mut host, 1, "max-age=60", "v2");
+    assert!(
+        after.upstream_reached(),
+        "purged on worker 0: a miss on worker 1"
+    );
+    assert_eq!(
+        (x_cache(&after), after.response_body().as_str()),
+        ("MISS", "v2")
+    );
+
+    // Worker 0 reads v2 (its L1 now holds v2), then worker 1 stores v3 over it after an unsafe
+    // request invalidated v2: worker 0 serves v3, never its copy of v2.
+    assert_eq!(
+        get(&mut host, 0, "max-age=60", "unused").response_body(),
+        "v2"
+    );
+    assert_eq!(
+        get(&mut host, 0, "max-age=60", "unused").response_body(),
+        "v2"
+    );
+    let post = host
+        .worker(1)
+        .request()
+        .method("POST")
+        .path("/item")
+        .send()
+        .unwrap();
+    assert!(post.upstream_reached());
+    let gone = get(&mut host, 0, "max-age=60", "v3");
+    assert!(
+        gone.upstream_reached(),
+        "invalidated on worker 1: a miss on worker 0"
+    );
+    assert_eq!(gone.response_body(), "v3");
+    let (v3, _) = shared_reads(&mut host, 1, "unused");
+    assert_eq!((x_cache(&v3), v3.response_body().as_str()), ("HIT", "v3"));
+}
+
+#[test]
+fn no_l1_reads_the_entry_on_every_hit() {
+    let mut host = cache(json!({"l1": null}));
+    get(&mut host, 0, "max-age=60", "v1");
+    for _ in 0..3 {
+        let (hit, reads) = shared_reads(&mut host, 1, "unused");
+        assert_eq!((x_cache(&hit), reads), ("HIT", 2));
+    }
+    assert_eq!(host.metric("switchyard.cache.l1_hits"), Some(0));
+}

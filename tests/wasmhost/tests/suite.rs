@@ -166,7 +166,12 @@ fn the_suite_crosses_the_boundary_less_than_the_four_modules() {
         } else {
             &[]
         };
-        for (k, v) in calls_per_miss(&mut h, extra) {
+        let calls = calls_per_miss(&mut h, extra);
+        println!(
+            "{name}: {} host calls per miss {calls:?}",
+            calls.values().sum::<u64>()
+        );
+        for (k, v) in calls {
             *separate.entry(k).or_default() += v;
         }
     }
@@ -201,4 +206,32 @@ fn the_suite_crosses_the_boundary_less_than_the_four_modules() {
         total(&suite_calls) < total(&separate),
         "{suite_calls:?} vs {separate:?}"
     );
+}
+
+/// Not a test: a load for profiling the suite's miss path in this host, e.g.
+/// `SWITCHYARD_WASM_PERFMAP=1 perf record -g <this test binary> --ignored --exact
+/// profile_the_miss_path` with `PROFILE_MODULE` an unstripped build of the suite
+/// (`CARGO_PROFILE_RELEASE_STRIP=false`; docs/benchmarks.md).
+#[test]
+#[ignore]
+fn profile_the_miss_path() {
+    let module = std::env::var("PROFILE_MODULE").unwrap_or("dist/switchyard.wasm".into());
+    let mut host = Host::load(&module)
+        .unwrap()
+        .workers(2)
+        .configure(json!({ "stages": all_four() }).to_string())
+        .unwrap();
+    let n: usize = std::env::var("PROFILE_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    for i in 0..n {
+        let out = send(
+            &mut host,
+            i % 2,
+            &format!("/svc{}/items/{i}", i % 20),
+            &format!("u{i}"),
+        );
+        assert_eq!(out.status(), Some(200));
+    }
 }

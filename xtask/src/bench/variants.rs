@@ -3,10 +3,9 @@
 //! table differ, so the differences in CPU per request are the filters' cost.
 
 use crate::envoy_config::{
-    bootstrap_yaml, static_cluster, wasm_filter_yaml, web_cluster, Bootstrap, WasmFilter,
-    CLUSTER_HEADER, OVERRIDE_HOST_HEADER,
+    catch_all, edge_bootstrap, web_cluster, Bootstrap, Cluster, WasmFilter, CLUSTER_HEADER,
+    OVERRIDE_HOST_HEADER, ROUTE_BY_CLUSTER_HEADER,
 };
-use std::fmt::Write as _;
 use std::path::Path;
 
 /// The Switchyard router's and Envoy's route tables both have this many prefix routes; requests go
@@ -59,7 +58,7 @@ pub struct Variant {
     pub name: &'static str,
     pub what: &'static str,
     pub wasm: Vec<WasmFilter>,
-    /// Native HTTP filters (YAML list items, indented 10).
+    /// A native HTTP filter (a YAML mapping) ahead of the wasm ones; empty for none.
     pub native: String,
     pub routes: Routes,
     pub path: &'static str,
@@ -141,7 +140,8 @@ fn native_local_ratelimit(reject: bool) -> String {
         (1_000_000_000, "1s")
     };
     format!(
-        r#"          - name: envoy.filters.http.local_ratelimit
+        r#"
+            name: envoy.filters.http.local_ratelimit
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
               stat_prefix: bench_rl
@@ -156,7 +156,8 @@ fn native_local_ratelimit(reject: bool) -> String {
     )
 }
 
-const NATIVE_CACHE: &str = r#"          - name: envoy.filters.http.cache
+const NATIVE_CACHE: &str = r#"
+            name: envoy.filters.http.cache
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig
               typed_config:
@@ -386,40 +387,40 @@ pub fn chain(dist: &Path, upstreams: &[u16; 3]) -> Vec<WasmFilter> {
 /// The same `web` cluster as the demo (host override on `x-upstream-host`, round robin
 /// otherwise; without the demo's upstream filter that strips that header), plus the natively
 /// hashed clusters over the same three upstreams.
-fn clusters(upstreams: &[u16; 3]) -> String {
+fn clusters(upstreams: &[u16; 3]) -> Vec<String> {
+    let hashed = |name: &str, lb_policy: &str| Cluster {
+        lb_policy: Some(lb_policy.to_owned()),
+        ..Cluster::loopback(name, upstreams)
+    };
     [
         web_cluster(upstreams, false),
-        static_cluster("web_rr", None, upstreams),
-        static_cluster("web_ring", Some("RING_HASH"), upstreams),
-        static_cluster("web_maglev", Some("MAGLEV"), upstreams),
+        Cluster::loopback("web_rr", upstreams),
+        hashed("web_ring", "RING_HASH"),
+        hashed("web_maglev", "MAGLEV"),
     ]
-    .concat()
+    .iter()
+    .map(Cluster::yaml)
+    .collect()
 }
 
-fn routes(kind: Routes) -> String {
+fn routes(kind: Routes) -> Vec<String> {
     let hashed = |cluster: &str| {
-        format!(
-            "              - match: {{ prefix: \"/\" }}\n                route:\n                  cluster: {cluster}\n                  hash_policy:\n                  - header: {{ header_name: x-user-id }}\n"
-        )
+        vec![format!(
+            "match: {{ prefix: \"/\" }}\nroute:\n  cluster: {cluster}\n  hash_policy:\n  - header: {{ header_name: x-user-id }}\n"
+        )]
     };
     match kind {
-        Routes::Default => format!(
-            "              - match:\n                  prefix: \"/\"\n                  headers:\n                  - name: {CLUSTER_HEADER}\n                    present_match: true\n                route:\n                  cluster_header: {CLUSTER_HEADER}\n              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: web }}\n"
-        ),
+        Routes::Default => vec![ROUTE_BY_CLUSTER_HEADER.to_owned(), catch_all("web")],
         Routes::RingHash => hashed("web_ring"),
         Routes::Maglev => hashed("web_maglev"),
-        Routes::PlainStatic => {
-            "              - match: { prefix: \"/\" }\n                route: { cluster: web_rr }\n"
-                .to_owned()
-        }
-        Routes::Direct => "              - match: { prefix: \"/\" }\n                direct_response: { status: 200, body: { inline_string: \"ok\" } }\n".to_owned(),
-        Routes::Native20 => (0..ROUTES).fold(String::new(), |mut out, i| {
-            let _ = writeln!(
-                out,
-                "              - match: {{ prefix: \"/svc{i}/\" }}\n                route: {{ cluster: web }}"
-            );
-            out
-        }),
+        Routes::PlainStatic => vec![catch_all("web_rr")],
+        Routes::Direct => vec![
+            "match: { prefix: \"/\" }\ndirect_response: { status: 200, body: { inline_string: \"ok\" } }\n"
+                .to_owned(),
+        ],
+        Routes::Native20 => (0..ROUTES)
+            .map(|i| format!("match: {{ prefix: \"/svc{i}/\" }}\nroute: {{ cluster: web }}\n"))
+            .collect(),
     }
 }
 
@@ -505,24 +506,25 @@ pub fn hostcalls(dist: &Path) -> Vec<Variant> {
 
 /// The complete Envoy configuration of one variant.
 pub fn envoy_yaml(variant: &Variant, listener: u16, admin: u16, upstreams: &[u16; 3]) -> String {
-    let wasm: String = variant
-        .wasm
-        .iter()
-        .map(|f| wasm_filter_yaml(f, 10))
-        .collect();
-    bootstrap_yaml(&Bootstrap {
-        comment: &format!(
-            "Generated by `cargo xtask bench` (variant {}); edits are overwritten.",
-            variant.name
-        ),
-        name: "bench",
-        admin,
-        listener,
-        access_log: false,
-        routes: &routes(variant.routes),
-        http_filters: &format!("{}{wasm}", variant.native),
-        clusters: &clusters(upstreams),
-    })
+    let native = Some(variant.native.clone()).filter(|n| !n.is_empty());
+    Bootstrap {
+        routes: routes(variant.routes),
+        http_filters: native
+            .into_iter()
+            .chain(variant.wasm.iter().map(|f| f.plugin().yaml()))
+            .collect(),
+        clusters: clusters(upstreams),
+        ..edge_bootstrap(
+            "bench",
+            format!(
+                "Generated by `cargo xtask bench` (variant {}); edits are overwritten.",
+                variant.name
+            ),
+            admin,
+            listener,
+        )
+    }
+    .yaml()
 }
 
 #[cfg(test)]

@@ -30,6 +30,22 @@ impl Slot {
     pub fn is_ready(&self) -> bool {
         self.state == READY
     }
+
+    /// `now` (the record as read now) is ready and holds the entry written for `self` (the
+    /// record it was read under). A slot's data is written only under a freshly reserved
+    /// generation and never rewritten in place, so a ready slot with the same generation holds
+    /// the same bytes. The other fields a reservation sets (key hashes, size, insert time) are
+    /// compared too, so not even a generation wrapping around (2^32 reuses of one slot) can
+    /// pass for the old entry. Hits and access time change on hits, not with the entry.
+    pub fn same_entry(&self, now: &Slot) -> bool {
+        now.is_ready()
+            && now.generation == self.generation
+            && now.primary == self.primary
+            && now.variant == self.variant
+            && now.uri == self.uri
+            && now.bytes == self.bytes
+            && now.inserted_ms == self.inserted_ms
+    }
 }
 
 /// One bucket record: the slots `first..first + slots.len()`.

@@ -12,9 +12,18 @@
 //!   for. A reader trusts it only if its bucket says the slot is ready with that generation and
 //!   the full key matches, so hash collisions and half-written slots are never served.
 //!
-//! A hit reads one bucket record and the entry's slot, whatever the slot count. Recording the hit
-//! for LRU writes the bucket at most once per entry and second (and not at all when the lookup
-//! already saw this second's access time); LFU writes the bucket on every hit; FIFO never writes.
+//! A hit reads one bucket record and the entry's slot, whatever the slot count; through a
+//! worker's [`L1`] ([`Store::find_cached`]) only the bucket record when the L1 holds a copy of
+//! the entry that record still vouches for. Recording the hit for LRU writes the bucket at most
+//! once per entry and second (and not at all when the lookup already saw this second's access
+//! time); LFU writes the bucket on every hit; FIFO never writes.
+//!
+//! Entries are immutable in place: a slot's data is written only right after its slot was
+//! reserved under a new generation, and every change of an entry (a replacement, a `304` or
+//! HEAD freshening, which are inserts, a purge, an invalidation, an eviction) frees its slot
+//! in the bucket (a freed slot keeps its generation; the next reservation bumps it). So a ready
+//! slot record with an unchanged generation vouches for the very bytes read under it, which is
+//! what the workers' L1s rely on.
 //!
 //! Writing first reserves a slot in the bucket with CAS (replacing the same variant, else taking
 //! a free slot, else evicting the bucket's worst slot by the policy), empties the data of the
@@ -33,6 +42,8 @@
 //! `sample >= slots`.
 
 use crate::entry::Entry;
+use crate::l1::L1;
+use std::rc::Rc;
 /// Sampling draws from the filters' one generator.
 pub use switchyard_core::rng::XorShift as Rng;
 use switchyard_core::shared::{
@@ -100,7 +111,10 @@ pub struct Inserted {
 pub struct Hit {
     pub slot: usize,
     pub meta: Slot,
-    pub entry: Entry,
+    /// Shared with the worker's [`L1`] when it holds a copy.
+    pub entry: Rc<Entry>,
+    /// Taken from the worker's [`L1`]: the entry's data was not read.
+    pub l1: bool,
 }
 
 /// The store over a [`SharedStore`] (Envoy's shared data, or [`switchyard_core::shared::MemStore`]
@@ -185,6 +199,18 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
     /// Every ready entry stored under `primary` (all its variants). Reads the key's bucket and
     /// the data of its matching slots, nothing else.
     pub fn find(&self, primary: u64) -> Vec<Hit> {
+        self.find_with(primary, None)
+    }
+
+    /// [`Store::find`] through a worker's [`L1`]: reads the key's bucket and only the data of
+    /// the matching slots the L1 holds no valid copy of (a copy is valid while the slot's
+    /// record says it still holds the entry the copy was read from, [`Slot::same_entry`]);
+    /// what it reads goes into the L1.
+    pub fn find_cached(&self, primary: u64, l1: &mut L1) -> Vec<Hit> {
+        self.find_with(primary, Some(l1))
+    }
+
+    fn find_with(&self, primary: u64, mut l1: Option<&mut L1>) -> Vec<Hit> {
         let Some(bucket) = self.bucket(self.geo.bucket_of(primary)) else {
             return Vec::new();
         };
@@ -195,12 +221,29 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
             .filter(|(_, s)| s.is_ready() && s.primary == primary)
             .filter_map(|(j, s)| {
                 let slot = bucket.first + j;
+                let meta = *s;
+                if let Some(entry) = l1.as_deref_mut().and_then(|l1| l1.get(slot, s)) {
+                    return Some(Hit {
+                        slot,
+                        meta,
+                        entry,
+                        l1: true,
+                    });
+                }
                 let (data, _) = self.shared.get(&self.slot_key(slot)).ok()?;
                 let (generation, entry) = Entry::decode(&data?)?;
-                (generation == s.generation).then_some(Hit {
+                if generation != s.generation {
+                    return None;
+                }
+                let entry = Rc::new(entry);
+                if let Some(l1) = l1.as_deref_mut() {
+                    l1.admit(slot, s, &entry);
+                }
+                Some(Hit {
                     slot,
-                    meta: *s,
+                    meta,
                     entry,
+                    l1: false,
                 })
             })
             .collect()
@@ -210,7 +253,7 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
     pub fn lookup(&self, primary: u64) -> Vec<(usize, u32, Entry)> {
         self.find(primary)
             .into_iter()
-            .map(|h| (h.slot, h.meta.generation, h.entry))
+            .map(|h| (h.slot, h.meta.generation, Rc::unwrap_or_clone(h.entry)))
             .collect()
     }
 

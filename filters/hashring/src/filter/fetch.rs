@@ -1,17 +1,17 @@
 //! Glue of the dynamic host set (`hosts_from`): the fetch lease, the fetch, storing a good
-//! list, and adopting a new version. The decisions are in `crate::hostset`.
+//! list, and adopting a new version. The decisions are in `crate::hostset`; stat writes are
+//! collected in an [`Effects`] the callback hands to `host::apply`.
 
+use super::runtime::store_error;
 use super::{HashringRoot, Runtime};
 use crate::config::HostsFrom;
-use crate::hostset::{self, HostSetRecord};
+use crate::hostset::{self, FetchAnswer, HostSetRecord, MAX_HOST_LIST_BYTES};
+use crate::metrics::{Effects, Metric};
 use crate::state;
 use proxy_wasm::traits::Context;
 use std::rc::Rc;
 use switchyard_core::host::{self, HostStore};
 use switchyard_core::shared::{cas_update, CasOutcome, SharedStore, Update};
-
-/// Largest `hosts_from` body accepted (1024 hosts need well under 100 KiB).
-const MAX_HOST_LIST_BYTES: usize = 1 << 20;
 
 impl Context for HashringRoot {
     fn on_http_call_response(
@@ -28,31 +28,32 @@ impl Context for HashringRoot {
         let status = host::http_call_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        match status {
-            304 => rt.metrics.inc("hosts_from_not_modified"),
-            200 if body_size > MAX_HOST_LIST_BYTES => {
+        let answer = FetchAnswer::of(status, body_size);
+        let mut fx = answer.effects();
+        match answer {
+            FetchAnswer::NotModified => {}
+            FetchAnswer::TooLarge => {
                 log::warn!("switchyard hashring: hosts_from body of {body_size} bytes exceeds {MAX_HOST_LIST_BYTES}, keeping the last good host set");
-                rt.metrics.inc("hosts_from_rejected");
             }
-            200 => {
+            FetchAnswer::List => {
                 let body = host::http_call_body(body_size).unwrap_or_default();
                 let etag = host::http_call_header("etag").unwrap_or_default();
-                store_fetched(&rt, &body, &etag);
+                store_fetched(&rt, &body, &etag, &mut fx);
             }
-            other => {
+            FetchAnswer::Failed(other) => {
                 log::warn!("switchyard hashring: hosts_from answered {other}, keeping the last good host set");
-                rt.metrics.inc("hosts_from_errors");
             }
         }
+        host::apply(fx, &rt.metrics);
     }
 }
 
-fn store_fetched(rt: &Runtime, body: &[u8], etag: &str) {
+fn store_fetched(rt: &Runtime, body: &[u8], etag: &str, fx: &mut Effects) {
     let hosts = match hostset::check_fetched(&rt.config, body) {
         Ok(h) => h,
         Err(e) => {
             log::warn!("switchyard hashring: rejected host set from hosts_from, keeping the last good one: {e}");
-            rt.metrics.inc("hosts_from_rejected");
+            fx.count(Metric::HostsFromRejected);
             return;
         }
     };
@@ -65,20 +66,20 @@ fn store_fetched(rt: &Runtime, body: &[u8], etag: &str) {
     });
     match out.result() {
         Some(true) => {
-            rt.metrics.inc("hosts_from_updates");
-            rt.sync_host_set();
+            fx.count(Metric::HostsFromUpdates);
+            rt.sync_host_set(fx);
         }
         Some(false) => {}
         None => {
             log::warn!("switchyard hashring: could not store the fetched host set");
-            rt.metrics.inc("store_errors");
+            fx.count(Metric::StoreErrors);
         }
     }
 }
 
 impl HashringRoot {
     /// Claims the fetch lease and, if this worker won it, asks the `hosts_from` endpoint.
-    pub(super) fn maybe_fetch(&mut self, rt: &Runtime, hf: &HostsFrom) {
+    pub(super) fn maybe_fetch(&mut self, rt: &Runtime, hf: &HostsFrom, fx: &mut Effects) {
         if self.fetching {
             return;
         }
@@ -98,25 +99,21 @@ impl HashringRoot {
             CasOutcome::Kept { .. } | CasOutcome::Written { .. } | CasOutcome::Exhausted { .. } => {
                 return
             }
-            CasOutcome::Failed(e) => {
-                log::warn!("switchyard hashring: host set lease failed: {e:?}");
-                rt.metrics.inc("store_errors");
-                return;
-            }
+            CasOutcome::Failed(e) => return store_error(fx, "host set lease failed", e),
         };
         let owned = hostset::fetch_headers(hf, &etag);
         let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         match host::dispatch_http_call(&hf.cluster, &headers, &[], hf.timeout.std()) {
             Ok(_) => {
                 self.fetching = true;
-                rt.metrics.inc("hosts_from_fetches");
+                fx.count(Metric::HostsFromFetches);
             }
             Err(e) => {
                 log::warn!(
                     "switchyard hashring: cannot fetch hosts from cluster {}: {e:?}",
                     hf.cluster
                 );
-                rt.metrics.inc("hosts_from_errors");
+                fx.count(Metric::HostsFromErrors);
             }
         }
     }
@@ -124,21 +121,17 @@ impl HashringRoot {
 
 impl Runtime {
     /// Adopts the shared host set if its version changed since this worker last looked.
-    pub(super) fn sync_host_set(&self) {
+    pub(super) fn sync_host_set(&self, fx: &mut Effects) {
         let record = match HostStore.get(&self.hostset_key) {
             Ok((v, _)) => HostSetRecord::decode(v.as_deref()),
-            Err(e) => {
-                log::warn!("switchyard hashring: host set unavailable: {e:?}");
-                self.metrics.inc("store_errors");
-                return;
-            }
+            Err(e) => return store_error(fx, "host set unavailable", e),
         };
         if record.version == 0 || record.version == self.current().version {
             return;
         }
         match record.hosts() {
             Some(hosts) => {
-                let set = self.build_set(hosts, record.version);
+                let set = self.build_set(hosts, record.version, fx);
                 log::info!(
                     "switchyard hashring: host set version {} with {} hosts",
                     record.version,
@@ -150,7 +143,7 @@ impl Runtime {
                 log::warn!(
                     "switchyard hashring: shared host set is unreadable, keeping the current one"
                 );
-                self.metrics.inc("store_errors");
+                fx.count(Metric::StoreErrors);
             }
         }
     }

@@ -1,44 +1,45 @@
 //! The per-configuration state of the glue: reads the health / load / latency snapshot a plan
-//! needs, runs the bounded-load admission CAS around the pure plan, and applies the shared-data
-//! effects of an [`OutcomePlan`] (releases, health records, latency samples).
+//! needs, runs the bounded-load admission CAS around the pure plan, and carries out the
+//! shared-data side of an [`OutcomePlan`] (releases, health records, latency samples). Stat
+//! writes are collected in an [`Effects`] the calling callback hands to `host::apply`.
 
 use crate::config::{Config, Host};
+use crate::metrics::{Effects, Event, Metric, Metrics, Subjects};
 use crate::outcome::{self, OutcomePlan};
-use crate::plan::{self, HostSet, Metric, P2cSnapshot, SelectionPlan, Snapshot};
+use crate::plan::{self, HostSet, P2cSnapshot, SelectionPlan, Snapshot};
 use crate::state::{self, HealthChange, Keys};
 use crate::{hostset, p2c};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use switchyard_core::host::{self, HostStore};
-use switchyard_core::metrics::Metrics;
 use switchyard_core::rng::XorShift;
 use switchyard_core::shared::{cas_update, ensure_key, SharedStore, Update};
+use switchyard_core::Metric as _;
 
-/// Filter-wide counters.
-const STATS: [&str; 12] = [
-    "table_rebuilds",
-    "no_key",
-    "all_unhealthy",
-    "over_capacity",
-    "store_errors",
-    "output_errors",
-    "hosts_from_fetches",
-    "hosts_from_not_modified",
-    "hosts_from_updates",
-    "hosts_from_rejected",
-    "hosts_from_errors",
-    "other_cluster",
-];
-
-/// Builds a host set and defines its per-host counters.
-fn build_set(config: &Config, metrics: &Metrics, hosts: Vec<Host>, version: u64) -> HostSet {
-    let set = HostSet::new(config, hosts, version);
-    for name in set.stat_names() {
-        metrics.define_counter(&name);
+/// Builds a host set; new hosts get their per-host counters defined (shown as 0 before their
+/// first event).
+fn build_set(
+    config: &Config,
+    metrics: &Metrics,
+    subjects: &mut Subjects,
+    hosts: Vec<Host>,
+    version: u64,
+    fx: &mut Effects,
+) -> HostSet {
+    let known = subjects.len();
+    let set = HostSet::new(config, hosts, version, subjects);
+    if subjects.len() > known {
+        metrics.set_subjects(subjects.labels().iter().cloned(), Event::ALL);
     }
-    metrics.inc("table_rebuilds");
+    fx.count(Metric::TableRebuilds);
     set
+}
+
+/// Logs a shared-data failure and counts it in `store_errors`.
+pub(super) fn store_error(fx: &mut Effects, what: &str, e: impl std::fmt::Debug) {
+    log::warn!("switchyard hashring: {what}: {e:?}");
+    fx.count(Metric::StoreErrors);
 }
 
 /// Everything one configuration needs at request time, built in `on_configure`.
@@ -47,6 +48,8 @@ pub struct Runtime {
     pub(super) keys: Keys,
     pub(super) hostset_key: String,
     pub(super) metrics: Metrics,
+    /// Every host any set has had, numbered for the per-host counters.
+    subjects: RefCell<Subjects>,
     pub(super) set: RefCell<Rc<HostSet>>,
     /// This VM's identity in the shared in-flight counts (bounded loads only).
     pub(super) worker: state::Worker,
@@ -57,18 +60,24 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(config: Config, scope: &str) -> Runtime {
+    fn new(config: Config, scope: &str, fx: &mut Effects) -> Runtime {
         let metrics = Metrics::new("hashring");
-        for stat in STATS {
-            metrics.define_counter(stat);
-        }
-        let set = build_set(&config, &metrics, config.hosts.clone(), 0);
+        let mut subjects = Subjects::default();
+        let set = build_set(
+            &config,
+            &metrics,
+            &mut subjects,
+            config.hosts.clone(),
+            0,
+            fx,
+        );
         Runtime {
             keys: Keys::new(scope),
             hostset_key: format!("switchyard.hashring.{scope}.hostset"),
             set: RefCell::new(Rc::new(set)),
             config,
             metrics,
+            subjects: RefCell::new(subjects),
             worker: state::Worker::default(),
             in_flight: RefCell::new(HashMap::new()),
             rng: Cell::new(XorShift::new(1)),
@@ -77,13 +86,13 @@ impl Runtime {
 
     /// Builds the configuration's runtime: claims a worker number (bounded loads), creates the
     /// shared stores the configuration uses, seeds the random source and adopts a host set
-    /// another worker already fetched.
-    pub(super) fn start(config: Config, scope: &str) -> Runtime {
-        let mut runtime = Runtime::new(config, scope);
+    /// another worker already fetched. Its stat writes go to `fx`.
+    pub(super) fn start(config: Config, scope: &str, fx: &mut Effects) -> Runtime {
+        let mut runtime = Runtime::new(config, scope, fx);
         if runtime.config.bounded_load.is_some() {
             match state::Worker::claim(&HostStore, &runtime.keys.workers) {
                 Ok(w) => runtime.worker = w,
-                Err(e) => runtime.store_error("cannot claim a worker number", e),
+                Err(e) => store_error(fx, "cannot claim a worker number", e),
             }
         }
         // Only the stores this configuration uses are created (shared data cannot be deleted).
@@ -104,36 +113,33 @@ impl Runtime {
         ));
         for (_, key, initial) in wanted.iter().filter(|w| w.0) {
             if let Err(e) = ensure_key(&HostStore, key, initial) {
-                runtime.store_error(&format!("cannot create shared data {key}"), e);
+                store_error(fx, &format!("cannot create shared data {key}"), e);
             }
         }
         if runtime.config.hosts_from.is_some() {
-            runtime.sync_host_set();
+            runtime.sync_host_set(fx);
         }
         runtime
     }
 
-    pub(super) fn build_set(&self, hosts: Vec<Host>, version: u64) -> HostSet {
-        build_set(&self.config, &self.metrics, hosts, version)
+    pub(super) fn build_set(&self, hosts: Vec<Host>, version: u64, fx: &mut Effects) -> HostSet {
+        let mut subjects = self.subjects.borrow_mut();
+        build_set(
+            &self.config,
+            &self.metrics,
+            &mut subjects,
+            hosts,
+            version,
+            fx,
+        )
     }
 
     pub(super) fn current(&self) -> Rc<HostSet> {
         self.set.borrow().clone()
     }
 
-    pub(super) fn count(&self, set: &HostSet, metrics: &[Metric]) {
-        for name in metrics.iter().filter_map(|m| set.metric_name(*m)) {
-            self.metrics.inc(&name);
-        }
-    }
-
-    pub(super) fn store_error(&self, what: &str, e: impl std::fmt::Debug) {
-        log::warn!("switchyard hashring: {what}: {e:?}");
-        self.metrics.inc("store_errors");
-    }
-
     /// Which hosts may be picked now (all, without `health` or when the state is unreadable).
-    pub(super) fn healthy(&self, set: &HostSet, now: u64) -> Vec<bool> {
+    pub(super) fn healthy(&self, set: &HostSet, now: u64, fx: &mut Effects) -> Vec<bool> {
         let n = set.hosts.len();
         if self.config.health.is_none() {
             return vec![true; n];
@@ -141,7 +147,7 @@ impl Runtime {
         match state::read_health(&HostStore, &self.keys.health) {
             Ok(map) => state::healthy_mask(&set.hosts, &map, now),
             Err(e) => {
-                self.store_error("health state unavailable", e);
+                store_error(fx, "health state unavailable", e);
                 vec![true; n]
             }
         }
@@ -149,12 +155,14 @@ impl Runtime {
 
     /// Reads the snapshot the configuration's strategy needs and plans the request's host
     /// choice. Bounded loads plan inside the admission CAS, so the count taken is exact.
+    /// Shared-data failures are counted in `fx`.
     pub(super) fn plan(
         &self,
         set: &HostSet,
         keying: &plan::Keying,
         healthy: &[bool],
         now: u64,
+        fx: &mut Effects,
     ) -> SelectionPlan {
         let mut snap = Snapshot {
             healthy,
@@ -166,7 +174,7 @@ impl Runtime {
             let ewma = match HostStore.get(&self.keys.ewma) {
                 Ok((bytes, _)) => p2c::decode(bytes.as_deref()),
                 Err(e) => {
-                    self.store_error("latency estimates unavailable", e);
+                    store_error(fx, "latency estimates unavailable", e);
                     Default::default()
                 }
             };
@@ -203,14 +211,16 @@ impl Runtime {
             match admitted {
                 Ok(p) => return p,
                 // Fail open: pick without the bound rather than fail the request.
-                Err(e) => self.store_error("in-flight counts unavailable", e),
+                Err(e) => store_error(fx, "in-flight counts unavailable", e),
             }
         }
         plan::plan_selection(&self.config, set, keying, &snap)
     }
 
-    /// Applies the end of a stream: releases, health records, the latency sample.
-    pub(super) fn settle(&self, set: &HostSet, plan: OutcomePlan, now: u64) {
+    /// Carries out the end of a stream: releases, health records, the latency sample. Returns
+    /// the stat writes (ejections, shared-data failures).
+    pub(super) fn settle(&self, set: &HostSet, plan: OutcomePlan, now: u64) -> Effects {
+        let mut fx = Effects::new();
         if let Some(address) = &plan.release_load {
             if let Err(e) = state::release(
                 &HostStore,
@@ -220,7 +230,7 @@ impl Runtime {
                 address,
             ) {
                 // Kept by the worker and written with its next admission or release.
-                self.store_error("in-flight release deferred", e);
+                store_error(&mut fx, "in-flight release deferred", e);
             }
         }
         if let Some(health) = &self.config.health {
@@ -244,10 +254,10 @@ impl Runtime {
                             health.cooldown,
                             health.failures
                         );
-                        self.count(set, &[Metric::Host(h, "ejections")]);
+                        set.count(&mut fx, h, Event::Ejections);
                     }
                     Ok(HealthChange::None) => {}
-                    Err(e) => self.store_error("health update failed", e),
+                    Err(e) => store_error(&mut fx, "health update failed", e),
                 }
             }
         }
@@ -263,8 +273,9 @@ impl Runtime {
                 Update::Write(p2c::encode(&map), ())
             });
             if out.result().is_none() {
-                self.metrics.inc("store_errors");
+                fx.count(Metric::StoreErrors);
             }
         }
+        fx
     }
 }
