@@ -8,16 +8,21 @@
 //!   remaining stages first and resumes the stream only if none of them paused or replied;
 //! - a local reply ends the request-header phase, as it ends Envoy's filter iteration;
 //! - callout answers and ticks go to the stage that asked for them.
+//!
+//! `filter/pipeline.rs` holds one request's stages and runs them.
 
 use crate::config::{self, Stage};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::Duration;
 use switchyard_core::duration::NS_PER_MS;
 use switchyard_core::{host, stages};
+
+mod pipeline;
+use pipeline::{run_resumes, Pipeline, PIPELINES};
 
 fn stage_root(stage: Stage, context_id: u32) -> Box<dyn RootContext> {
     match stage {
@@ -25,40 +30,6 @@ fn stage_root(stage: Stage, context_id: u32) -> Box<dyn RootContext> {
         Stage::Router => Box::new(switchyard_router::filter::RouterRoot::new(context_id)),
         Stage::Cache => Box::new(switchyard_cache::filter::CacheRoot::new(context_id)),
         Stage::Hashring => Box::<switchyard_hashring::filter::HashringRoot>::default(),
-    }
-}
-
-thread_local! {
-    /// The live requests' pipelines, so a root callback (a cache waiter woken by a tick) can
-    /// run the rest of a paused request's stages.
-    static PIPELINES: RefCell<HashMap<u32, Weak<RefCell<Pipeline>>>> = RefCell::new(HashMap::new());
-}
-
-fn pipeline(context_id: u32) -> Option<Rc<RefCell<Pipeline>>> {
-    PIPELINES.with(|p| p.borrow().get(&context_id).and_then(Weak::upgrade))
-}
-
-/// Runs the remaining stages of every request a stage asked to resume, until none is left.
-fn run_resumes() {
-    loop {
-        let resumes = stages::take_resumes();
-        if resumes.is_empty() {
-            return;
-        }
-        for context_id in resumes {
-            match pipeline(context_id) {
-                Some(p) => match p.try_borrow_mut() {
-                    Ok(mut p) => p.resume(),
-                    // Its own callback is running: it picks the resume up when the stage returns.
-                    Err(_) => stages::defer_resume_of(context_id),
-                },
-                None => {
-                    if host::set_effective_context(context_id) {
-                        host::resume_request_now();
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -234,121 +205,6 @@ impl RootContext for SuiteRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
-    }
-}
-
-/// One request's stages.
-struct Pipeline {
-    context_id: u32,
-    stages: Vec<Box<dyn HttpContext>>,
-    /// Callout tokens → the stage that sent them.
-    tokens: HashMap<u32, usize>,
-    /// The stage that paused the request-header phase, while it waits.
-    paused_at: Option<usize>,
-    /// `on_http_request_headers`' arguments, for the stages that run after a resume.
-    headers_args: (usize, bool),
-}
-
-impl Pipeline {
-    fn adopt_tokens(&mut self, i: usize) {
-        for token in stages::take_dispatched() {
-            self.tokens.insert(token, i);
-        }
-    }
-
-    /// Whether a stage asked to resume this request (other requests' resumes stay queued).
-    fn take_own_resume(&self) -> bool {
-        let mut own = false;
-        for c in stages::take_resumes() {
-            if c == self.context_id {
-                own = true;
-            } else {
-                stages::defer_resume_of(c);
-            }
-        }
-        own
-    }
-
-    /// Runs the request-header phase from stage `from`: `Pause` if a stage paused or replied.
-    fn request_headers_from(&mut self, from: usize) -> Action {
-        stages::share_request_headers();
-        let (n, eos) = self.headers_args;
-        let mut i = from;
-        let action = loop {
-            let Some(stage) = self.stages.get_mut(i) else {
-                break Action::Continue;
-            };
-            let action = stage.on_http_request_headers(n, eos);
-            self.adopt_tokens(i);
-            if stages::take_local_reply(self.context_id) {
-                break Action::Pause;
-            }
-            if action != Action::Continue && !self.take_own_resume() {
-                self.paused_at = Some(i);
-                break Action::Pause;
-            }
-            i += 1;
-        };
-        stages::end_request_headers();
-        action
-    }
-
-    /// A paused stage asked to resume: run the stages after it, then resume the stream.
-    fn resume(&mut self) {
-        let Some(i) = self.paused_at.take() else {
-            return;
-        };
-        if !host::set_effective_context(self.context_id) {
-            return;
-        }
-        stages::enter(self.context_id);
-        if self.request_headers_from(i + 1) == Action::Continue {
-            host::resume_request_now();
-        }
-    }
-
-    /// Hands a callback to the stages in `order`, stopping at the first that pauses.
-    fn each(
-        &mut self,
-        order: impl Iterator<Item = usize>,
-        mut f: impl FnMut(&mut dyn HttpContext) -> Action,
-    ) -> Action {
-        stages::enter(self.context_id);
-        for i in order {
-            let Some(stage) = self.stages.get_mut(i) else {
-                continue;
-            };
-            let action = f(stage.as_mut());
-            self.adopt_tokens(i);
-            if action != Action::Continue {
-                return action;
-            }
-        }
-        Action::Continue
-    }
-
-    /// The stages that have seen the request headers (all, unless one paused or replied).
-    fn request_side(&self) -> std::ops::Range<usize> {
-        0..self.paused_at.map_or(self.stages.len(), |i| i + 1)
-    }
-
-    fn answer(&mut self, token: u32, f: impl FnOnce(&mut dyn HttpContext)) {
-        let Some(i) = self.tokens.remove(&token) else {
-            return;
-        };
-        stages::enter(self.context_id);
-        if let Some(stage) = self.stages.get_mut(i) {
-            f(stage.as_mut());
-        }
-        self.adopt_tokens(i);
-        if self.take_own_resume() {
-            if self.paused_at == Some(i) {
-                self.resume();
-            } else {
-                // Not paused by this stage (or no longer): resuming is the host's business.
-                host::resume_request_now();
-            }
-        }
     }
 }
 
