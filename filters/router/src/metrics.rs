@@ -20,7 +20,6 @@ switchyard_core::metric_enum! {
 switchyard_core::metric_enum! {
     /// What is counted per route, each defined on its first event.
     pub enum Event {
-        Matches = "matches",
         Routed = "routed",
         Redirected = "redirected",
         Responded = "responded",

@@ -76,8 +76,9 @@ pub fn plan_request(
 ) -> RequestPlan {
     let matched = decision.matched;
     let subject = subject(table, matched);
+    // A route's requests are its one action's counter (`routed`, `redirected` or `responded`):
+    // no separate per-request `matches` write.
     let mut effects = Effects::new();
-    count_event(&mut effects, subject, Event::Matches);
     let response_ops = table.action(matched).map(|a| &a.response_headers);
     let (status, mut headers, body) = match decision.outcome {
         Outcome::Forward {
