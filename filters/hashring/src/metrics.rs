@@ -49,8 +49,17 @@ pub fn stat_label(address: &str) -> String {
         .to_string()
 }
 
+/// Distinct host addresses with stats of their own over a VM's life (`hosts_from` lists can
+/// churn); hosts seen after that count under [`OTHER_HOSTS`]. Envoy never drops a stat, so this
+/// also bounds the stats the filter adds to Envoy's store.
+pub const MAX_HOST_SUBJECTS: usize = 8 * crate::config::MAX_HOSTS;
+
+/// The label of the hosts beyond [`MAX_HOST_SUBJECTS`].
+pub const OTHER_HOSTS: &str = "host.other";
+
 /// The per-host stat subjects of one configuration: the label (`host.127_0_0_1_8081`) of every
-/// host any of its sets has had, numbered in first-seen order.
+/// host any of its sets has had, numbered in first-seen order, up to [`MAX_HOST_SUBJECTS`]
+/// (then one more, [`OTHER_HOSTS`], shared by all later ones).
 #[derive(Debug, Default)]
 pub struct Subjects {
     labels: Vec<String>,
@@ -64,9 +73,23 @@ impl Subjects {
         if let Some(i) = self.index.get(&label) {
             return *i;
         }
+        if self.labels.len() >= MAX_HOST_SUBJECTS {
+            return self.other();
+        }
         let i = self.labels.len();
         self.labels.push(label.clone());
         self.index.insert(label, i);
+        i
+    }
+
+    /// The subject shared by the hosts beyond the bound.
+    fn other(&mut self) -> usize {
+        if let Some(i) = self.index.get(OTHER_HOSTS) {
+            return *i;
+        }
+        let i = self.labels.len();
+        self.labels.push(OTHER_HOSTS.to_string());
+        self.index.insert(OTHER_HOSTS.to_string(), i);
         i
     }
 
@@ -112,6 +135,21 @@ mod tests {
         );
         let per_host: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
         assert_eq!(per_host, ["picks", "spills", "health_skips", "ejections"]);
+    }
+
+    #[test]
+    fn host_subjects_are_bounded_and_later_hosts_share_one() {
+        let mut s = Subjects::default();
+        for i in 0..MAX_HOST_SUBJECTS {
+            assert_eq!(s.subject(&format!("10.{}.{}.1:80", i / 256, i % 256)), i);
+        }
+        let other = s.subject("192.168.0.1:80");
+        assert_eq!(other, MAX_HOST_SUBJECTS);
+        assert_eq!(s.subject("192.168.0.2:80"), other);
+        assert_eq!(s.labels().last().map(String::as_str), Some(OTHER_HOSTS));
+        assert_eq!(s.len(), MAX_HOST_SUBJECTS + 1);
+        // Known hosts keep their own.
+        assert_eq!(s.subject("10.0.7.1:80"), 7);
     }
 
     #[test]
