@@ -170,7 +170,12 @@ impl HttpContext for HashringHttp {
         // The status as the upstream sent it: later in the response path the cache may replace
         // a 5xx with a stored response (stale-if-error), and `response.code` in `on_log` would
         // then hide the host's failure.
-        if self.set.is_some() && self.upstream_status.is_none() {
+        // Only passive health and p2c latency read the outcome (`on_log`).
+        let outcome_read = self
+            .runtime
+            .as_ref()
+            .is_some_and(|rt| rt.config.health.is_some() || rt.config.p2c.is_some());
+        if outcome_read && self.set.is_some() && self.upstream_status.is_none() {
             self.upstream_status = host::header(Map::ResponseHeaders, ":status")
                 .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
             if self.held.in_flight.is_some() {
