@@ -46,6 +46,8 @@ struct RawConfig {
     upstream_timeout: Duration,
     #[serde(default = "default_coalesce_timeout")]
     coalesce_timeout: Duration,
+    #[serde(default = "default_uncacheable_ttl")]
+    uncacheable_ttl: Duration,
     #[serde(default = "default_tag_headers")]
     tag_headers: Vec<String>,
     #[serde(default = "default_status_name")]
@@ -111,6 +113,9 @@ fn default_upstream_timeout() -> Duration {
 fn default_coalesce_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_uncacheable_ttl() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_tag_headers() -> Vec<String> {
     vec!["cache-tag".into(), "surrogate-key".into()]
 }
@@ -174,6 +179,9 @@ pub struct Config {
     pub targeted_cache_control: Vec<String>,
     pub upstream_timeout: Duration,
     pub coalesce_timeout: Duration,
+    /// How long a worker sends a key's misses upstream without coalescing after an answer that
+    /// could not be stored ([`crate::uncacheable`]); 0: never.
+    pub uncacheable_ttl: Duration,
     pub tag_headers: Vec<String>,
     pub cache_status_name: String,
     /// Each worker's L1 of hot entries ([`crate::l1`]).
@@ -393,6 +401,9 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
     if raw.upstream_timeout.is_zero() {
         return Err(ConfigError::new("upstream_timeout", "must be positive"));
     }
+    if raw.uncacheable_ttl > Duration::from_secs(3600) {
+        return Err(ConfigError::new("uncacheable_ttl", "at most 1h"));
+    }
     for (i, h) in raw.tag_headers.iter().enumerate() {
         if !is_token(h) {
             return Err(ConfigError::new(
@@ -449,6 +460,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         targeted_cache_control,
         upstream_timeout: raw.upstream_timeout,
         coalesce_timeout: raw.coalesce_timeout,
+        uncacheable_ttl: raw.uncacheable_ttl,
         tag_headers: raw
             .tag_headers
             .iter()
@@ -556,6 +568,8 @@ mod tests {
             (r#"{"l1": {"max_entries": 16385}}"#, "l1.max_entries"),
             (r#"{"l1": {"max_entrys": 1}}"#, "l1.max_entrys"),
             (r#"{"l1": 5}"#, "l1"),
+            (r#"{"uncacheable_ttl": "2h"}"#, "uncacheable_ttl"),
+            (r#"{"uncacheable_ttl": "often"}"#, "uncacheable_ttl"),
         ];
         for (json, path) in cases {
             let err = parse(json.as_bytes()).unwrap_err();

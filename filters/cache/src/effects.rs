@@ -153,8 +153,13 @@ pub fn revalidate(validators: Vec<Field>) -> Effects {
 }
 
 /// A miss, forwarded now or (`wait`) paused behind another request's fetch of its key.
-pub fn miss(wait: bool) -> Effects {
-    let fx = counted(Metric::Misses);
+/// A miss: forwarded, or (`wait`) queued behind another request's fetch of the key; `passed`:
+/// not coalesced because the key's last answer could not be stored.
+pub fn miss(wait: bool, passed: bool) -> Effects {
+    let mut fx = counted(Metric::Misses);
+    if passed {
+        fx.count(Metric::UncacheablePasses);
+    }
     if wait {
         fx.pause()
     } else {
@@ -379,11 +384,20 @@ mod tests {
 
     #[test]
     fn misses_bypasses_and_504s() {
-        assert_eq!(miss(false).flow, Flow::Continue);
-        let waiting = miss(true);
+        assert_eq!(miss(false, false).flow, Flow::Continue);
+        let waiting = miss(true, false);
         assert_eq!(
             (waiting.flow, added(&waiting, Metric::Misses)),
             (Flow::Pause, 1)
+        );
+        let passed = miss(false, true);
+        assert_eq!(
+            (
+                passed.flow,
+                added(&passed, Metric::Misses),
+                added(&passed, Metric::UncacheablePasses)
+            ),
+            (Flow::Continue, 1, 1)
         );
         assert_eq!(added(&bypass(), Metric::Bypass), 1);
         let outcome = Outcome::Forward {

@@ -11,6 +11,7 @@ use crate::plan::{self, LookupPlan, PurgePlan, Request, RequestPlan};
 use crate::response_plan::{self as rp, lower, status_of, Response, ResponsePlan, Stage};
 use crate::runtime::{Runtime, Waiter, NAME, NS_PER_MS};
 use crate::store::Hit;
+use crate::uncacheable;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
@@ -155,9 +156,12 @@ impl CacheHttp {
             }
             (LookupPlan::Forward { fwd, coalesce }, _) => {
                 self.stage = Stage::Forward(fwd);
-                let wait = coalesce && self.coalesce(rt, &req, now);
+                let passed = coalesce
+                    && (rt.uncacheable.borrow_mut())
+                        .skips_coalescing(req.key.hash, now / NS_PER_MS);
+                let wait = coalesce && !passed && self.coalesce(rt, &req, now);
                 self.req = Some(req);
-                self.apply(rt, effects::miss(wait))
+                self.apply(rt, effects::miss(wait, passed))
             }
             // Serving and revalidating come only with an entry.
             (LookupPlan::Serve { .. } | LookupPlan::Revalidate { .. }, None) => Action::Continue,
@@ -212,6 +216,12 @@ impl CacheHttp {
             }
         }
         let fx = effects::forwarded(&rt.cfg.cache_status_name, &plan, head.as_ref());
+        if !req.head {
+            let stored = plan.store.is_some();
+            let uncacheable = uncacheable::marks(resp.from_upstream, resp.status, stored);
+            let now_ms = resp.now / NS_PER_MS;
+            (rt.uncacheable.borrow_mut()).record(req.key.hash, uncacheable, stored, now_ms);
+        }
         if let Some(mut entry) = plan.store {
             entry.upstream_host = host::property_text(&["upstream", "address"]).unwrap_or_default();
             let budget = rt.collecting.clone();

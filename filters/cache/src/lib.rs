@@ -6,7 +6,7 @@
 //! response does: store, replace after a 304, serve stale on error, invalidate), [`key`] (cache
 //! keys and `Vary`), [`store`] (the bounded slot store with lru/lfu/fifo eviction), [`l1`] (each
 //! worker's copies of hot entries, checked against the store on every hit), [`locks`] (request
-//! coalescing), [`respond`] (stored and served headers), [`collect`] (bodies being collected),
+//! coalescing), [`uncacheable`] (keys whose misses skip coalescing for a while), [`respond`] (stored and served headers), [`collect`] (bodies being collected),
 //! [`config`], [`effects`] (what the decisions do, as values: local replies, header edits,
 //! pauses and [`metrics`] writes). The proxy-wasm glue is `filter`: it reads what the
 //! plans need, does the shared-data work they ask for and applies their effects with
@@ -31,6 +31,7 @@ pub mod rfc;
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 mod runtime;
 pub mod store;
+pub mod uncacheable;
 
 /// Parses and validates a configuration exactly as `on_configure` does.
 pub fn validate_config(json: &[u8]) -> Result<(), switchyard_core::ConfigError> {

@@ -32,6 +32,9 @@ switchyard_core::metric_enum! {
         /// Hits (fresh or stale) served from the worker's L1 without reading the entry from
         /// shared data; also counted in `hits` or `stale`.
         L1Hits = "l1_hits",
+        /// Misses sent upstream without coalescing: the key's last answer could not be stored
+        /// (`uncacheable_ttl`); also counted in `misses`.
+        UncacheablePasses = "uncacheable_passes",
         BytesInUse = "bytes_in_use": Gauge,
         Entries = "entries": Gauge,
     }
@@ -73,6 +76,7 @@ mod tests {
                 "too_large",
                 "collect_budget_exceeded",
                 "l1_hits",
+                "uncacheable_passes",
             ]
         );
         let gauges: Vec<&str> = Metric::ALL

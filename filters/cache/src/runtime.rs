@@ -15,6 +15,7 @@ use crate::respond;
 use crate::response_plan::{self as rp, lower, status_of, Refresh};
 use crate::rfc::Field;
 use crate::store::{Hit, InsertError, Inserted, Store, StoreConfig};
+use crate::uncacheable::Uncacheable;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -67,6 +68,8 @@ pub(crate) struct Runtime {
     pub(crate) collecting: Rc<Cell<u64>>,
     /// This VM's copies of hot entries (`cfg.l1`).
     l1: RefCell<L1>,
+    /// Keys whose misses skip coalescing for a while (`cfg.uncacheable_ttl`).
+    pub(crate) uncacheable: RefCell<Uncacheable>,
 }
 
 impl Runtime {
@@ -161,6 +164,7 @@ impl Runtime {
             return None;
         }
         let l1 = RefCell::new(L1::new(cfg.l1));
+        let uncacheable = RefCell::new(Uncacheable::new(cfg.uncacheable_ttl.as_millis()));
         // Defines every stat (shown as 0 before its first event).
         let rt = Runtime {
             store_cfg,
@@ -170,6 +174,7 @@ impl Runtime {
             state: RefCell::new(VmState::default()),
             collecting: Rc::new(Cell::new(0)),
             l1,
+            uncacheable,
         };
         let mut fx = Effects::new();
         effects::gauges(&mut fx, rt.gauges());

@@ -331,3 +331,65 @@ fn no_l1_reads_the_entry_on_every_hit() {
     }
     assert_eq!(host.metric("switchyard.cache.l1_hits"), Some(0));
 }
+
+/// Shared-data writes of one request for `/plain` (answers without validators) on `worker`,
+/// and its outcome.
+fn shared_writes(host: &mut Host, worker: usize, cache_control: &str) -> (Outcome, u64) {
+    host.reset_host_calls();
+    let out = host
+        .worker(worker)
+        .request()
+        .path("/plain")
+        .upstream_header("cache-control", cache_control)
+        .upstream_body("body")
+        .send()
+        .unwrap();
+    let writes = host
+        .host_calls()
+        .get("proxy_set_shared_data")
+        .copied()
+        .unwrap_or(0);
+    (out, writes)
+}
+
+#[test]
+fn misses_of_a_key_whose_answer_could_not_be_stored_skip_coalescing_until_it_is_stored() {
+    let mut host = cache(json!({}));
+    // The first miss takes the coalescing lock (one write) and releases it (another).
+    let (first, writes) = shared_writes(&mut host, 0, "no-store");
+    assert!(first.upstream_reached());
+    assert_eq!((x_cache(&first), writes), ("MISS", 2));
+    // Its answer could not be stored: the next miss goes upstream at once, without the lock.
+    let (second, writes) = shared_writes(&mut host, 0, "no-store");
+    assert!(second.upstream_reached());
+    assert_eq!((x_cache(&second), writes), ("MISS", 0));
+    assert_eq!(host.metric("switchyard.cache.uncacheable_passes"), Some(1));
+    // The memory is the worker's own: the other worker still coalesces its first miss.
+    let (other, writes) = shared_writes(&mut host, 1, "no-store");
+    assert_eq!((x_cache(&other), writes), ("MISS", 2));
+    // A storable answer is still stored (and ends the memory: `uncacheable` unit tests).
+    let (stored, writes) = shared_writes(&mut host, 0, "max-age=60");
+    assert!(stored.upstream_reached());
+    assert!(writes >= 1, "the entry was written: {writes}");
+    assert_eq!(host.metric("switchyard.cache.uncacheable_passes"), Some(2));
+    assert_eq!(x_cache(&shared_writes(&mut host, 0, "max-age=60").0), "HIT");
+}
+
+#[test]
+fn the_uncacheable_memory_expires_and_can_be_turned_off() {
+    let mut host = cache(json!({"uncacheable_ttl": "5s"}));
+    shared_writes(&mut host, 0, "no-store");
+    assert_eq!(shared_writes(&mut host, 0, "no-store").1, 0);
+    host.advance(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        shared_writes(&mut host, 0, "no-store").1,
+        2,
+        "coalesced again"
+    );
+
+    let mut off = cache(json!({"uncacheable_ttl": "0s"}));
+    for _ in 0..3 {
+        assert_eq!(shared_writes(&mut off, 0, "no-store").1, 2);
+    }
+    assert_eq!(off.metric("switchyard.cache.uncacheable_passes"), Some(0));
+}
