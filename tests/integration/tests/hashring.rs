@@ -195,8 +195,11 @@ fn keys_stick_across_workers_and_across_a_restart() {
 fn distribution_follows_weights_and_metrics_count_picks() {
     let ups = three_upstreams();
     let mut config = issue_config(&ups);
-    // Without the load bound every key goes to its hash choice, so the split is the table's.
+    // Without the load bound every key goes to its hash choice, so the split is the table's;
+    // with the default points per host (not the example's 160) the ring's own imbalance is small
+    // enough that the split shows the weights.
     config.as_object_mut().unwrap().remove("bounded_load");
+    config.as_object_mut().unwrap().remove("vnodes");
     let envoy = start(&ups, &config);
     let total = 600;
     let results = parallel(total, 6, |i| {
@@ -217,16 +220,17 @@ fn distribution_follows_weights_and_metrics_count_picks() {
         assert_eq!(got, want, "key dist-{i}");
         *counts.entry(got).or_default() += 1;
     }
-    // Weights 1:1:2: the weight-2 host gets about half the keys (an unweighted split would give
-    // it a third), the others about a quarter each.
-    for (up, share) in ups.iter().zip([0.25, 0.25, 0.5]) {
-        let got = counts.get(up.id()).copied().unwrap_or(0) as f64 / total as f64;
-        assert!(
-            (got - share).abs() <= share * 0.2,
-            "{} got {got:.3} of keys, weight share {share}: {counts:?}",
-            up.id()
-        );
-    }
+    // Weights 1:1:2: the weight-2 host gets about twice a weight-1 host's share of the keys; an
+    // unweighted split gives it the same share. Over 40 port sets (the ring changes with the
+    // ports) the ratio measured 1.72–2.27 weighted and 0.82–1.20 unweighted; the per-key check
+    // above is the exact one.
+    let share = |up: &Upstream| counts.get(up.id()).copied().unwrap_or(0) as f64 / total as f64;
+    let light = (share(&ups[0]) + share(&ups[1])) / 2.0;
+    let ratio = share(&ups[2]) / light;
+    assert!(
+        (1.5..=2.6).contains(&ratio),
+        "weight-2 host / weight-1 hosts = {ratio:.2} (want about 2): {counts:?}"
+    );
     // The per-host pick counters agree with what the upstreams saw.
     for up in &ups {
         let served = counts.get(up.id()).copied().unwrap_or(0);
