@@ -264,13 +264,22 @@ pub const METRIC_PREFIX: &str = "switchyard.";
 
 /// Metrics left out of the comparison, each with the reason it legitimately differs. Every
 /// response, header and other metric is still compared; keep this list short.
-pub const EXCLUDED_METRICS: &[(&str, &str)] = &[(
-    "switchyard.cache.l1_hits",
-    "counts hits a worker answers from its own L1, so it depends on which worker takes each \
-     request: the host alternates its workers, Envoy assigns each connection to a worker of its \
-     choosing (the hits themselves, in `hits`, are compared; the L1 is tested deterministically \
-     in tests/cache.rs)",
-)];
+pub const EXCLUDED_METRICS: &[(&str, &str)] = &[
+    (
+        "switchyard.cache.l1_hits",
+        "counts hits a worker answers from its own L1, so it depends on which worker takes each \
+         request: the host alternates its workers, Envoy assigns each connection to a worker of \
+         its choosing (the hits themselves, in `hits`, are compared; the L1 is tested \
+         deterministically in tests/cache.rs)",
+    ),
+    (
+        "switchyard.cache.uncacheable_passes",
+        "counts misses a worker sends straight upstream because it remembers the key's last \
+         answer was not storable; that memory is per worker, so the count depends on which \
+         worker takes each request, as with `l1_hits` (the responses themselves are compared; \
+         the pass is tested deterministically in tests/cache.rs)",
+    ),
+];
 
 /// Response headers left out of the comparison, each with the reason it legitimately differs
 /// between a real proxy and the module host. None is set by a filter in any scenario (one a
