@@ -5,12 +5,11 @@
 
 use crate::collect::Collect;
 use crate::effects::{self, HeadUpdate};
-use crate::locks::Acquire;
 use crate::metrics::{Effects, Metric};
 use crate::plan::{self, LookupPlan, PurgePlan, Request, RequestPlan};
 use crate::response_plan::{self as rp, lower, status_of, Response, ResponsePlan, Stage};
 use crate::runtime::{Runtime, Waiter, NAME, NS_PER_MS};
-use crate::store::Hit;
+use crate::store::{Acquire, Hit, SeenBucket};
 use crate::uncacheable;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -91,7 +90,7 @@ pub struct CacheHttp {
 impl CacheHttp {
     fn release_lock(&mut self, rt: &Runtime) {
         if let Some(h) = self.lock.take() {
-            rt.locks().release(h);
+            rt.store().unlock(h);
         }
     }
 
@@ -122,7 +121,7 @@ impl CacheHttp {
 
     fn lookup(&mut self, rt: &Runtime, view: RequestView, head: bool, now: u64) -> Action {
         let req = Request::lookup(&rt.cfg, view, head, now);
-        let found = rt.find(&req.key, &req.view);
+        let (found, seen) = rt.find_seen(&req.key, &req.view);
         let decision = plan::lookup_plan(&rt.cfg, &req, found.as_ref().map(|h| &*h.entry), now);
         match (decision, found) {
             (
@@ -159,7 +158,7 @@ impl CacheHttp {
                 let passed = coalesce
                     && (rt.uncacheable.borrow_mut())
                         .skips_coalescing(req.key.hash, now / NS_PER_MS);
-                let wait = coalesce && !passed && self.coalesce(rt, &req, now);
+                let wait = coalesce && !passed && self.coalesce(rt, &req, seen, now);
                 self.req = Some(req);
                 self.apply(rt, effects::miss(wait, passed))
             }
@@ -168,10 +167,17 @@ impl CacheHttp {
         }
     }
 
-    /// Takes the key's lock, or queues behind the request holding it (`true`: wait).
-    fn coalesce(&mut self, rt: &Runtime, req: &Request, now: u64) -> bool {
+    /// Takes the key's lock (in the bucket record the lookup read: `seen`), or queues behind
+    /// the request holding it (`true`: wait).
+    fn coalesce(
+        &mut self,
+        rt: &Runtime,
+        req: &Request,
+        seen: Option<SeenBucket>,
+        now: u64,
+    ) -> bool {
         let (now_ms, ttl) = (now / NS_PER_MS, rt.cfg.coalesce_timeout.as_millis());
-        match rt.locks().acquire(req.key.hash, now_ms, ttl) {
+        match rt.store().acquire(req.key.hash, now_ms, ttl, seen) {
             Acquire::Leader => self.lock = Some(req.key.hash),
             Acquire::Follower => {
                 let (context_id, deadline_ms) = (self.context_id, now_ms + ttl);
@@ -223,7 +229,10 @@ impl CacheHttp {
             (rt.uncacheable.borrow_mut()).record(req.key.hash, uncacheable, stored, now_ms);
         }
         if let Some(mut entry) = plan.store {
-            entry.upstream_host = host::property_text(&["upstream", "address"]).unwrap_or_default();
+            if plan.refreshable {
+                let address = host::property_text(&["upstream", "address"]);
+                entry.upstream_host = address.unwrap_or_default();
+            }
             let budget = rt.collecting.clone();
             self.collect = Some(Collect { entry, budget });
         } else {
@@ -236,7 +245,16 @@ impl CacheHttp {
     fn finish_store(&mut self, rt: &Runtime) -> Effects {
         let mut fx = Effects::new();
         if let (Some(c), Some(req)) = (self.collect.take(), &self.req) {
-            effects::stored(&mut fx, &rt.insert(&c.entry, &req.key, host::now_nanos()));
+            let now = host::now_nanos();
+            let inserted = match self.lock {
+                // A successful insert released the lock in the same write.
+                Some(_) => rt.insert_as_leader(&c.entry, &req.key, now),
+                None => rt.insert(&c.entry, &req.key, now),
+            };
+            if inserted.is_ok() {
+                self.lock = None;
+            }
+            effects::stored(&mut fx, &inserted);
         }
         self.release_lock(rt);
         fx

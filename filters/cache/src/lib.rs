@@ -22,7 +22,6 @@ pub mod entry;
 pub mod filter;
 pub mod key;
 pub mod l1;
-pub mod locks;
 pub mod metrics;
 pub mod plan;
 pub mod respond;

@@ -144,9 +144,13 @@ pub struct ForwardPlan {
     pub head_update: bool,
     /// Reported in `Cache-Status` / `x-cache`.
     pub outcome: Outcome,
-    /// Collect the body into this entry and store it at the end (the glue fills in the
-    /// upstream host). `None`: not stored (`outcome` says why).
+    /// Collect the body into this entry and store it at the end. `None`: not stored
+    /// (`outcome` says why).
     pub store: Option<Entry>,
+    /// The entry allows `stale-while-revalidate`, so it may be refreshed in the background,
+    /// which asks the host that served it: the glue records [`Entry::upstream_host`] (a
+    /// property read, so only then).
+    pub refreshable: bool,
     /// Not stored because `Content-Length` exceeds `max_entry_bytes`.
     pub too_large: bool,
 }
@@ -170,12 +174,14 @@ pub fn forward_plan(
         stored: false,
         detail: None,
     };
+    let mut refreshable = false;
     let verdict = if !from_upstream {
         Err("local-reply")
     } else if req.head {
         Err("head")
     } else {
         let f = facts_with_date(cfg, status, headers, now);
+        refreshable = f.cc.stale_while_revalidate.is_some_and(|s| s > 0);
         storable(&req.facts, &f, &plan::policy(cfg)).map_err(|r| r.as_str())
     };
     let content_length = headers
@@ -217,6 +223,7 @@ pub fn forward_plan(
         outcome,
         store,
         too_large,
+        refreshable,
     }
 }
 
@@ -359,6 +366,19 @@ mod tests {
             plan.outcome.cache_status("switchyard"),
             "switchyard; fwd=miss"
         );
+        // Neither may be refreshed in the background, so the upstream host is not read.
+        assert!(!plan.refreshable);
+    }
+
+    #[test]
+    fn only_entries_that_allow_stale_while_revalidate_record_their_upstream_host() {
+        let c = cfg("{}");
+        let req = request(&c, get("/a"));
+        let swr = fields(&[("cache-control", "max-age=60, stale-while-revalidate=30")]);
+        let plan = forward_plan(&c, &req, "miss", &resp(200, &swr, 31));
+        assert!(plan.store.is_some() && plan.refreshable);
+        let zero = fields(&[("cache-control", "max-age=60, stale-while-revalidate=0")]);
+        assert!(!forward_plan(&c, &req, "miss", &resp(200, &zero, 31)).refreshable);
     }
 
     #[test]

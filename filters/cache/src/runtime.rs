@@ -8,13 +8,12 @@ use crate::effects::{self, Gauges};
 use crate::entry::Entry;
 use crate::key::{variant_hash, CacheKey};
 use crate::l1::{self, L1};
-use crate::locks::Locks;
 use crate::metrics::{Effects, Metric, Metrics};
 use crate::plan::{self, Request};
 use crate::respond;
 use crate::response_plan::{self as rp, lower, status_of, Refresh};
 use crate::rfc::Field;
-use crate::store::{Hit, InsertError, Inserted, Store, StoreConfig};
+use crate::store::{Hit, InsertError, Inserted, SeenBucket, Store, StoreConfig};
 use crate::uncacheable::Uncacheable;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -26,7 +25,6 @@ use switchyard_core::RequestView;
 
 pub(crate) const NAME: &str = "cache";
 const TICK: Duration = Duration::from_millis(20);
-const LOCK_CAPACITY: usize = 256;
 pub(crate) use switchyard_core::duration::NS_PER_MS;
 
 /// A request waiting for another request's upstream fetch of the same key.
@@ -61,7 +59,6 @@ pub(crate) struct VmState {
 pub(crate) struct Runtime {
     pub(crate) cfg: Config,
     store_cfg: StoreConfig,
-    locks_key: String,
     pub(crate) metrics: Metrics,
     pub(crate) state: RefCell<VmState>,
     /// Body bytes this VM holds for misses being collected (bounded by `max_collect_bytes`).
@@ -77,13 +74,18 @@ impl Runtime {
         Store::new(&HostStore, &self.store_cfg)
     }
 
-    pub(crate) fn locks(&self) -> Locks<'_, HostStore> {
-        locks(&self.locks_key)
-    }
-
     /// The stored entry for this request: same full key and matching `Vary` values, through
     /// this VM's L1.
     pub(crate) fn find(&self, key: &CacheKey, view: &RequestView) -> Option<Hit> {
+        self.find_seen(key, view).0
+    }
+
+    /// [`Runtime::find`] with the bucket record it read, for the miss's coalescing lock.
+    pub(crate) fn find_seen(
+        &self,
+        key: &CacheKey,
+        view: &RequestView,
+    ) -> (Option<Hit>, Option<SeenBucket>) {
         let mut l1 = self.l1.try_borrow_mut().ok();
         l1::find(&self.store(), l1.as_deref_mut(), key, view)
     }
@@ -107,11 +109,29 @@ impl Runtime {
         key: &CacheKey,
         now: u64,
     ) -> Result<Inserted, InsertError> {
+        self.insert_with(self.store(), entry, key, now)
+    }
+
+    /// [`Runtime::insert`] by the key's coalescing leader: success also releases its lock.
+    pub(crate) fn insert_as_leader(
+        &self,
+        entry: &Entry,
+        key: &CacheKey,
+        now: u64,
+    ) -> Result<Inserted, InsertError> {
+        self.insert_with(self.store().releasing_lock(), entry, key, now)
+    }
+
+    fn insert_with(
+        &self,
+        store: Store<'_, HostStore>,
+        entry: &Entry,
+        key: &CacheKey,
+        now: u64,
+    ) -> Result<Inserted, InsertError> {
         let variant = variant_hash(&entry.vary);
         let at = now / NS_PER_MS;
-        let r = self
-            .store()
-            .insert(entry, key.hash, variant, key.uri_hash, at, now ^ key.hash);
+        let r = store.insert(entry, key.hash, variant, key.uri_hash, at, now ^ key.hash);
         if let Err(e) = &r {
             if *e != InsertError::TooLarge {
                 log::debug!("switchyard cache: not stored: {e:?}");
@@ -157,9 +177,8 @@ impl Runtime {
                 return None;
             }
         };
-        let (store_cfg, locks_key) = (cfg.store_config(&prefix), format!("{prefix}locks"));
-        let ready = Store::new(&HostStore, &store_cfg).init();
-        if let Err(e) = ready.and_then(|_| locks(&locks_key).init()) {
+        let store_cfg = cfg.store_config(&prefix);
+        if let Err(e) = Store::new(&HostStore, &store_cfg).init() {
             log::error!("switchyard cache: shared data unavailable: {e:?}");
             return None;
         }
@@ -169,7 +188,6 @@ impl Runtime {
         let rt = Runtime {
             store_cfg,
             cfg,
-            locks_key,
             metrics: Metrics::new(NAME),
             state: RefCell::new(VmState::default()),
             collecting: Rc::new(Cell::new(0)),
@@ -212,7 +230,7 @@ impl Runtime {
                     }
                 }
             }
-            if now_ms >= w.deadline_ms || !self.locks().held(w.req.key.hash, now_ms) {
+            if now_ms >= w.deadline_ms || !self.store().lock_held(w.req.key.hash, now_ms) {
                 // The leader is done without a usable entry, or we waited long enough.
                 if host::set_effective_context(w.context_id) {
                     host::resume_request();
@@ -283,13 +301,4 @@ fn pairs(headers: &[Field]) -> Vec<(&str, &[u8])> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect()
-}
-
-/// The coalescing locks in shared data under `key`.
-fn locks(key: &str) -> Locks<'static, HostStore> {
-    Locks {
-        shared: &HostStore,
-        key: key.to_string(),
-        capacity: LOCK_CAPACITY,
-    }
 }

@@ -66,14 +66,37 @@ impl<R> CasOutcome<R> {
 /// Reads `key`, lets `f` decide on the current value (`None` if the key is missing) and writes
 /// the new value with the read CAS token, retrying up to `max_retries` times on a mismatch.
 /// `f` may run several times and must be a pure function of its input.
-pub fn cas_update<S, R, F>(store: &S, key: &str, max_retries: u32, mut f: F) -> CasOutcome<R>
+pub fn cas_update<S, R, F>(store: &S, key: &str, max_retries: u32, f: F) -> CasOutcome<R>
+where
+    S: SharedStore + ?Sized,
+    F: FnMut(Option<&[u8]>) -> Update<R>,
+{
+    cas_update_from(store, key, None, max_retries, f)
+}
+
+/// A value and CAS token read from shared data, as [`SharedStore::get`] returns them.
+pub type Seen = (Option<Vec<u8>>, Option<u32>);
+
+/// [`cas_update`] whose first attempt starts from `seen`, a value of `key` read earlier (one
+/// host call fewer when nobody wrote the key since); a mismatch reads the key again as usual.
+pub fn cas_update_from<S, R, F>(
+    store: &S,
+    key: &str,
+    mut seen: Option<Seen>,
+    max_retries: u32,
+    mut f: F,
+) -> CasOutcome<R>
 where
     S: SharedStore + ?Sized,
     F: FnMut(Option<&[u8]>) -> Update<R>,
 {
     let mut retries = 0;
     loop {
-        let (value, cas) = match store.get(key) {
+        let read = match seen.take() {
+            Some(v) => Ok(v),
+            None => store.get(key),
+        };
+        let (value, cas) = match read {
             Ok(v) => v,
             Err(e) => return CasOutcome::Failed(e),
         };
@@ -133,6 +156,7 @@ pub struct MemStore {
     #[allow(clippy::type_complexity)]
     interfere: RefCell<Option<Box<dyn FnMut(&str) -> bool>>>,
     fail: RefCell<Option<StoreError>>,
+    gets: std::cell::Cell<u64>,
 }
 
 impl MemStore {
@@ -153,6 +177,11 @@ impl MemStore {
 
     pub fn len(&self) -> usize {
         self.data.borrow().len()
+    }
+
+    /// The `get` calls so far (each one a host call in Envoy).
+    pub fn gets(&self) -> u64 {
+        self.gets.get()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -176,6 +205,7 @@ impl MemStore {
 
 impl SharedStore for MemStore {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        self.gets.set(self.gets.get() + 1);
         if let Some(e) = self.fail.borrow().clone() {
             return Err(e);
         }
@@ -271,6 +301,30 @@ mod tests {
                 retries: 2
             }
         );
+    }
+
+    #[test]
+    fn an_update_from_a_value_already_read_skips_the_read_unless_it_is_stale() {
+        let s = MemStore::new();
+        incr(&s, 0);
+        let add_one = |cur: Option<&[u8]>| {
+            let n = u64::from_le_bytes(cur.and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+            Update::Write((n + 1).to_le_bytes().to_vec(), n + 1)
+        };
+        let seen = s.get("n").unwrap();
+        let gets = s.gets();
+        let out = cas_update_from(&s, "n", Some(seen.clone()), 3, add_one);
+        assert_eq!(out.result(), Some(2));
+        assert_eq!(s.gets(), gets, "written with the token already read");
+        // Someone wrote since `seen`: the stale token fails, the key is read again.
+        let out = cas_update_from(&s, "n", Some(seen), 3, add_one);
+        assert_eq!(out.retries(), 1);
+        assert_eq!(
+            out.result(),
+            Some(3),
+            "3, not 2 again: the fresh value was used"
+        );
+        assert_eq!(s.gets(), gets + 1);
     }
 
     #[test]

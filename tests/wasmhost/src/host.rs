@@ -17,10 +17,28 @@ const DEFAULT_START_NANOS: u64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:
 /// Bound on host-side follow-up work after one action (resumes, replies, queue deliveries).
 const SETTLE_LIMIT: usize = 100_000;
 
+/// `SWITCHYARD_WASM_FUEL=1`: count the wasm instructions the modules execute (wasmtime fuel,
+/// about one unit per instruction), for [`Host::fuel_used`]: a measure of a module's own work
+/// that, unlike time, does not move with the machine's load.
+fn fuel_metering() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SWITCHYARD_WASM_FUEL").is_some())
+}
+
+/// A store for one VM; with fuel metering, with all the fuel there is.
+fn new_store(vm: Vm) -> Store<Vm> {
+    let mut store = Store::new(engine(), vm);
+    if fuel_metering() {
+        let _ = store.set_fuel(u64::MAX);
+    }
+    store
+}
+
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut config = Config::new();
+        config.consume_fuel(fuel_metering());
         if std::env::var_os("SWITCHYARD_WASM_PERFMAP").is_some() {
             // Profiling (`perf record` of a test): optimised code, and /tmp/perf-<pid>.map so
             // perf names the module's functions (build it unstripped to get their names).
@@ -220,7 +238,7 @@ fn default_properties(vm_id: &str) -> Vec<(&'static str, String)> {
 }
 
 fn check_imports(module: &Module, linker: &Linker<Vm>, shared: &SharedRef) -> HostResult<()> {
-    let mut store = Store::new(engine(), blank_vm(shared.clone(), 0));
+    let mut store = new_store(blank_vm(shared.clone(), 0));
     let missing: Vec<String> = module
         .imports()
         .filter(|i| linker.get(&mut store, i.module(), i.name()).is_err())
@@ -329,7 +347,7 @@ impl Host {
         let mut vm = blank_vm(self.shared.clone(), w);
         vm.vm_config = vm_config.to_vec();
         vm.plugin_config = config.to_vec();
-        let mut store = Store::new(engine(), vm);
+        let mut store = new_store(vm);
         let instance = self
             .linker
             .instantiate(&mut store, &self.module)
@@ -1104,6 +1122,16 @@ impl Host {
 
     pub fn reset_host_calls(&mut self) {
         lock(&self.shared).host_calls.clear();
+    }
+
+    /// The wasm instructions all workers have executed so far (wasmtime fuel), or `None`
+    /// without `SWITCHYARD_WASM_FUEL` set.
+    pub fn fuel_used(&self) -> Option<u64> {
+        if !fuel_metering() {
+            return None;
+        }
+        let left = self.workers.iter().map(|w| w.store.get_fuel().unwrap_or(0));
+        Some(left.map(|l| u64::MAX - l).sum())
     }
 
     /// Every defined metric with its value, by name.

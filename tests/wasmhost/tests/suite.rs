@@ -211,7 +211,8 @@ fn the_suite_crosses_the_boundary_less_than_the_four_modules() {
 /// Not a test: a load for profiling the suite's miss path in this host, e.g.
 /// `SWITCHYARD_WASM_PERFMAP=1 perf record -g <this test binary> --ignored --exact
 /// profile_the_miss_path` with `PROFILE_MODULE` an unstripped build of the suite
-/// (`CARGO_PROFILE_RELEASE_STRIP=false`; docs/benchmarks.md).
+/// (`CARGO_PROFILE_RELEASE_STRIP=false`; docs/benchmarks.md). With `SWITCHYARD_WASM_FUEL=1` it
+/// prints the wasm instructions one miss executes, which do not move with the machine's load.
 #[test]
 #[ignore]
 fn profile_the_miss_path() {
@@ -225,7 +226,12 @@ fn profile_the_miss_path() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let mut before = None;
     for i in 0..n {
+        if i == n / 10 {
+            // After a warm-up: the tables are built and the cache has started evicting.
+            before = host.fuel_used();
+        }
         let out = send(
             &mut host,
             i % 2,
@@ -233,5 +239,12 @@ fn profile_the_miss_path() {
             &format!("u{i}"),
         );
         assert_eq!(out.status(), Some(200));
+    }
+    if let (Some(before), Some(after)) = (before, host.fuel_used()) {
+        let measured = (n - n / 10) as u64;
+        println!(
+            "wasm instructions per miss (fuel): {}",
+            (after - before) / measured.max(1)
+        );
     }
 }

@@ -16,7 +16,7 @@
 use crate::entry::Entry;
 use crate::key::CacheKey;
 use crate::plan::entry_matches;
-use crate::store::{Hit, Slot, Store};
+use crate::store::{Hit, SeenBucket, Slot, Store};
 use lru::LruCache;
 use std::rc::Rc;
 use switchyard_core::shared::SharedStore;
@@ -133,19 +133,19 @@ impl L1 {
 }
 
 /// The stored entry for a request: same full key and matching `Vary` values, through the
-/// worker's L1 when it has one (`None` or off: straight from shared data).
+/// worker's L1 when it has one (`None` or off: straight from shared data); with the bucket
+/// record read for it (a miss takes its coalescing lock with it: [`Store::acquire`]).
 pub fn find<S: SharedStore + ?Sized>(
     store: &Store<'_, S>,
     l1: Option<&mut L1>,
     key: &CacheKey,
     view: &RequestView,
-) -> Option<Hit> {
-    let hits = match l1.filter(|l1| l1.enabled()) {
-        Some(l1) => store.find_cached(key.hash, l1),
-        None => store.find(key.hash),
-    };
-    hits.into_iter()
-        .find(|h| entry_matches(&h.entry, key, view))
+) -> (Option<Hit>, Option<SeenBucket>) {
+    let (hits, seen) = store.find_with(key.hash, l1.filter(|l1| l1.enabled()));
+    let hit = hits
+        .into_iter()
+        .find(|h| entry_matches(&h.entry, key, view));
+    (hit, seen)
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ impl<'a> Worker<'a> {
     /// What `Runtime::find` does.
     fn find(&mut self, view: &RequestView) -> Option<Hit> {
         let key = self.cfg.key.key(view);
-        find(&self.store, Some(&mut self.l1), &key, view)
+        find(&self.store, Some(&mut self.l1), &key, view).0
     }
 
     /// The body this worker would serve for `path`, and whether it came from its L1.
@@ -412,7 +412,9 @@ fn workers_through_their_l1s_always_serve_what_shared_data_holds() {
             _ => {
                 let view = get(&path);
                 let key = c.key.key(&view);
-                let truth = find(&workers[w].store, None, &key, &view).map(|h| h.entry);
+                let truth = find(&workers[w].store, None, &key, &view)
+                    .0
+                    .map(|h| h.entry);
                 let got = workers[w].find(&view);
                 reads += 1;
                 l1_hits += u32::from(got.as_ref().is_some_and(|h| h.l1));

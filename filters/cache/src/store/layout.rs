@@ -2,6 +2,17 @@
 
 use std::ops::Range;
 
+/// What a miss should do about coalescing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquire {
+    /// Go upstream and release the lock when done.
+    Leader,
+    /// Another request is fetching this key: wait for it.
+    Follower,
+    /// The bucket's locks are all taken (or contended): go upstream without coalescing.
+    Unavailable,
+}
+
 /// Slots per bucket (at most): the unit a lookup reads and a hit writes.
 pub const WAYS: usize = 16;
 pub(super) const FREE: u32 = 0;
@@ -10,6 +21,9 @@ pub(super) const READY: u32 = 2;
 pub(super) const SLOT_LEN: usize = 56;
 pub(super) const BUCKET_HEADER: usize = 8;
 pub(super) const CAS_RETRIES: u32 = 16;
+/// Coalescing locks per bucket (at most): keys of the bucket with a miss in flight upstream.
+pub const LOCKS: usize = 8;
+pub(super) const LOCK_LEN: usize = 16;
 pub(super) const LRU_RESOLUTION_MS: u64 = 1000;
 
 /// One slot record of a bucket.
@@ -48,11 +62,23 @@ impl Slot {
     }
 }
 
-/// One bucket record: the slots `first..first + slots.len()`.
+/// A coalescing lock: a miss for `primary` is in flight upstream until `expires_ms` at the
+/// latest (a leader that vanished blocks nobody for longer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lock {
+    pub primary: u64,
+    pub expires_ms: u64,
+}
+
+/// One bucket record: the slots `first..first + slots.len()`, then the coalescing locks of
+/// the bucket's keys. The locks live in the record a miss reads anyway, so taking one is a
+/// write with the lookup's CAS token, and releasing it rides on the write that marks the
+/// stored entry ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
     pub first: usize,
     pub slots: Vec<Slot>,
+    pub locks: Vec<Lock>,
 }
 
 impl Bucket {
@@ -60,11 +86,13 @@ impl Bucket {
         Bucket {
             first: range.start,
             slots: vec![Slot::default(); range.len()],
+            locks: Vec::new(),
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(BUCKET_HEADER + self.slots.len() * SLOT_LEN);
+        let len = BUCKET_HEADER + self.slots.len() * SLOT_LEN + self.locks.len() * LOCK_LEN;
+        let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&(self.first as u32).to_le_bytes());
         out.extend_from_slice(&(self.slots.len() as u32).to_le_bytes());
         for s in &self.slots {
@@ -78,6 +106,10 @@ impl Bucket {
             out.extend_from_slice(&s.inserted_ms.to_le_bytes());
             out.extend_from_slice(&s.access_ms.to_le_bytes());
         }
+        for l in self.locks.iter().take(LOCKS) {
+            out.extend_from_slice(&l.primary.to_le_bytes());
+            out.extend_from_slice(&l.expires_ms.to_le_bytes());
+        }
         out
     }
 
@@ -86,9 +118,15 @@ impl Bucket {
         let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
         let first = u32_at(0)? as usize;
         let n = u32_at(4)? as usize;
-        if n > WAYS || b.len() != BUCKET_HEADER + n * SLOT_LEN {
+        if n > WAYS {
             return None;
         }
+        // Most records hold no lock.
+        let locks = if b.len() == BUCKET_HEADER + n * SLOT_LEN {
+            Vec::new()
+        } else {
+            read_locks(b)?.1
+        };
         let mut slots = Vec::with_capacity(n);
         for i in 0..n {
             let o = BUCKET_HEADER + i * SLOT_LEN;
@@ -104,7 +142,11 @@ impl Bucket {
                 access_ms: u64_at(o + 48)?,
             });
         }
-        Some(Bucket { first, slots })
+        Some(Bucket {
+            first,
+            slots,
+            locks,
+        })
     }
 
     /// Frees local slot `j`, keeping its generation; returns the bytes it held if it was ready
@@ -126,6 +168,84 @@ impl Bucket {
     pub fn entries(&self) -> usize {
         self.slots.iter().filter(|s| s.is_ready()).count()
     }
+
+    /// Drops the lock for `primary`; whether there was one.
+    pub(super) fn release(&mut self, primary: u64) -> bool {
+        release(&mut self.locks, primary)
+    }
+}
+
+/// A bucket record's locks without decoding its slots (taking or checking a lock needs only
+/// them): where they start in `b`, and the locks. `None` if `b` is not a bucket record.
+pub(super) fn read_locks(b: &[u8]) -> Option<(usize, Vec<Lock>)> {
+    let n = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?) as usize;
+    let at = BUCKET_HEADER + n.checked_mul(SLOT_LEN)?;
+    let tail = b.get(at..)?;
+    if n > WAYS || tail.len() % LOCK_LEN != 0 || tail.len() / LOCK_LEN > LOCKS {
+        return None;
+    }
+    let locks = tail
+        .chunks_exact(LOCK_LEN)
+        .map(|c| {
+            let (p, e) = c.split_at(8);
+            Some(Lock {
+                primary: u64::from_le_bytes(p.try_into().ok()?),
+                expires_ms: u64::from_le_bytes(e.try_into().ok()?),
+            })
+        })
+        .collect::<Option<Vec<Lock>>>()?;
+    Some((at, locks))
+}
+
+/// Bucket record `b` with the locks from `at` on replaced by `locks` (its slots copied as
+/// they are).
+pub(super) fn with_locks(b: &[u8], at: usize, locks: &[Lock]) -> Vec<u8> {
+    let slots = b.get(..at).unwrap_or(b);
+    let mut out = Vec::with_capacity(slots.len() + locks.len() * LOCK_LEN);
+    out.extend_from_slice(slots);
+    for l in locks.iter().take(LOCKS) {
+        out.extend_from_slice(&l.primary.to_le_bytes());
+        out.extend_from_slice(&l.expires_ms.to_le_bytes());
+    }
+    out
+}
+
+/// Whether a live lock for `primary` exists at `now_ms`.
+pub(super) fn locked(locks: &[Lock], primary: u64, now_ms: u64) -> bool {
+    locks
+        .iter()
+        .any(|l| l.primary == primary && l.expires_ms > now_ms)
+}
+
+/// Tries to take the lock for `primary` until `now_ms + ttl_ms`, dropping expired locks; also
+/// says whether the locks changed (and must be written).
+pub(super) fn acquire(
+    locks: &mut Vec<Lock>,
+    primary: u64,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> (Acquire, bool) {
+    let before = locks.len();
+    locks.retain(|l| l.expires_ms > now_ms);
+    let pruned = locks.len() != before;
+    if locks.iter().any(|l| l.primary == primary) {
+        return (Acquire::Follower, pruned);
+    }
+    if locks.len() >= LOCKS {
+        return (Acquire::Unavailable, pruned);
+    }
+    locks.push(Lock {
+        primary,
+        expires_ms: now_ms.saturating_add(ttl_ms),
+    });
+    (Acquire::Leader, true)
+}
+
+/// Drops the lock for `primary`; whether there was one.
+pub(super) fn release(locks: &mut Vec<Lock>, primary: u64) -> bool {
+    let before = locks.len();
+    locks.retain(|l| l.primary != primary);
+    locks.len() != before
 }
 
 /// How `slots` slots split into buckets.

@@ -5,7 +5,11 @@
 //!   `ceil(slots / WAYS)` buckets of at most [`WAYS`] consecutive slots; the primary key hash
 //!   picks the bucket, so every variant of a key lives in one bucket. A bucket record holds one
 //!   56-byte record per slot (primary hash, variant hash, URI hash, bytes, state, generation,
-//!   hits, insert time, access time). Created at configure time, afterwards only CAS-updated.
+//!   hits, insert time, access time), then the coalescing locks of the bucket's keys (at most
+//!   [`LOCKS`], 16 bytes each: primary hash, expiry). Created at configure time, afterwards
+//!   only CAS-updated. A miss takes its key's lock with the CAS token of the record its lookup
+//!   read (one write, no read, when nobody wrote the record since), and the write that marks
+//!   its stored entry ready also releases the lock.
 //! - `used`: the bytes in use across all buckets (8 bytes), CAS-updated only when entries are
 //!   inserted or removed, never on a hit.
 //! - `slot.<i>`: the encoded [`Entry`] of slot `i`, tagged with the generation it was written
@@ -47,14 +51,14 @@ use std::rc::Rc;
 /// Sampling draws from the filters' one generator.
 pub use switchyard_core::rng::XorShift as Rng;
 use switchyard_core::shared::{
-    cas_update, ensure_key, CasOutcome, SharedStore, StoreError, Update,
+    cas_update, cas_update_from, ensure_key, CasOutcome, Seen, SharedStore, StoreError, Update,
 };
 
 mod layout;
 mod reserve;
 
-pub use layout::{Bucket, Geometry, Slot, WAYS};
-use layout::{CAS_RETRIES, LRU_RESOLUTION_MS, READY, WRITING};
+use layout::{locked, read_locks, with_locks, CAS_RETRIES, LRU_RESOLUTION_MS, READY, WRITING};
+pub use layout::{Acquire, Bucket, Geometry, Lock, Slot, LOCKS, WAYS};
 use reserve::{decode_used, victim_rank, Reserve};
 pub use reserve::{reserve_slot, Reservation};
 
@@ -117,12 +121,24 @@ pub struct Hit {
     pub l1: bool,
 }
 
+/// A key's bucket record as a lookup read it, value and CAS token: a miss takes its coalescing
+/// lock by writing over exactly this, without reading the record again
+/// ([`Store::acquire`]).
+#[derive(Debug, Clone)]
+pub struct SeenBucket {
+    primary: u64,
+    read: Seen,
+}
+
 /// The store over a [`SharedStore`] (Envoy's shared data, or [`switchyard_core::shared::MemStore`]
 /// in tests).
 pub struct Store<'a, S: SharedStore + ?Sized> {
     pub shared: &'a S,
     pub cfg: &'a StoreConfig,
     geo: Geometry,
+    /// Inserts are by their key's coalescing leader: marking the entry ready also releases
+    /// the lock ([`Store::releasing_lock`]).
+    unlock: bool,
 }
 
 impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
@@ -131,7 +147,17 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
             shared,
             cfg,
             geo: Geometry::new(cfg.slots),
+            unlock: false,
         }
+    }
+
+    /// This store's inserts are made by the coalescing leader of their key: a successful
+    /// [`Store::insert`] releases the key's lock in the same write that marks the entry ready
+    /// (one read and write fewer than [`Store::unlock`] after it). A failed one leaves the
+    /// lock to the caller.
+    pub fn releasing_lock(mut self) -> Self {
+        self.unlock = true;
+        self
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -163,7 +189,11 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
         }
         let created = ensure_key(self.shared, &self.used_key(), &0u64.to_le_bytes())?;
         if created {
-            let mut stale: Vec<String> = vec![format!("{}index", self.cfg.prefix)];
+            // Earlier layouts: one `index` record; the coalescing locks in a record of their own.
+            let mut stale: Vec<String> = vec![
+                format!("{}index", self.cfg.prefix),
+                format!("{}locks", self.cfg.prefix),
+            ];
             stale.extend((0..self.geo.slots).map(|i| self.slot_key(i)));
             for k in stale {
                 if let Ok((Some(v), _)) = self.shared.get(&k) {
@@ -199,7 +229,7 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
     /// Every ready entry stored under `primary` (all its variants). Reads the key's bucket and
     /// the data of its matching slots, nothing else.
     pub fn find(&self, primary: u64) -> Vec<Hit> {
-        self.find_with(primary, None)
+        self.find_with(primary, None).0
     }
 
     /// [`Store::find`] through a worker's [`L1`]: reads the key's bucket and only the data of
@@ -207,14 +237,30 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
     /// record says it still holds the entry the copy was read from, [`Slot::same_entry`]);
     /// what it reads goes into the L1.
     pub fn find_cached(&self, primary: u64, l1: &mut L1) -> Vec<Hit> {
-        self.find_with(primary, Some(l1))
+        self.find_with(primary, Some(l1)).0
     }
 
-    fn find_with(&self, primary: u64, mut l1: Option<&mut L1>) -> Vec<Hit> {
-        let Some(bucket) = self.bucket(self.geo.bucket_of(primary)) else {
-            return Vec::new();
+    /// [`Store::find`] (through `l1` if given) that also returns the bucket record it read,
+    /// for a miss to take its coalescing lock with ([`Store::acquire`]).
+    pub fn find_with(
+        &self,
+        primary: u64,
+        mut l1: Option<&mut L1>,
+    ) -> (Vec<Hit>, Option<SeenBucket>) {
+        let Ok((Some(raw), cas)) = self
+            .shared
+            .get(&self.bucket_key(self.geo.bucket_of(primary)))
+        else {
+            return (Vec::new(), None);
         };
-        bucket
+        let Some(bucket) = Bucket::decode(&raw) else {
+            return (Vec::new(), None);
+        };
+        let seen = SeenBucket {
+            primary,
+            read: (Some(raw), cas),
+        };
+        let hits = bucket
             .slots
             .iter()
             .enumerate()
@@ -246,7 +292,58 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
                     l1: false,
                 })
             })
-            .collect()
+            .collect();
+        (hits, Some(seen))
+    }
+
+    /// Takes the coalescing lock of `primary` until `now_ms + ttl_ms`, or says who has it. The
+    /// lock lives in the key's bucket record: with `seen` (the record this request's lookup
+    /// read) it is one write when nobody changed the record since, else a read and a write.
+    pub fn acquire(
+        &self,
+        primary: u64,
+        now_ms: u64,
+        ttl_ms: u64,
+        seen: Option<SeenBucket>,
+    ) -> Acquire {
+        let key = self.bucket_key(self.geo.bucket_of(primary));
+        let seen = seen.filter(|s| s.primary == primary).map(|s| s.read);
+        let outcome = cas_update_from(self.shared, &key, seen, CAS_RETRIES, |cur| {
+            let Some((record, (at, mut locks))) = cur.and_then(|r| Some((r, read_locks(r)?)))
+            else {
+                return Update::Keep(Acquire::Unavailable);
+            };
+            match layout::acquire(&mut locks, primary, now_ms, ttl_ms) {
+                (acquire, true) => Update::Write(with_locks(record, at, &locks), acquire),
+                (acquire, false) => Update::Keep(acquire),
+            }
+        });
+        outcome.result().unwrap_or(Acquire::Unavailable)
+    }
+
+    /// Whether a live coalescing lock for `primary` exists.
+    pub fn lock_held(&self, primary: u64, now_ms: u64) -> bool {
+        let key = self.bucket_key(self.geo.bucket_of(primary));
+        let Ok((Some(record), _)) = self.shared.get(&key) else {
+            return false;
+        };
+        read_locks(&record).is_some_and(|(_, locks)| locked(&locks, primary, now_ms))
+    }
+
+    /// Releases the coalescing lock of `primary` (if it is still there).
+    pub fn unlock(&self, primary: u64) {
+        let key = self.bucket_key(self.geo.bucket_of(primary));
+        let _ = cas_update(self.shared, &key, CAS_RETRIES, |cur| {
+            let Some((record, (at, mut locks))) = cur.and_then(|r| Some((r, read_locks(r)?)))
+            else {
+                return Update::Keep(());
+            };
+            if layout::release(&mut locks, primary) {
+                Update::Write(with_locks(record, at, &locks), ())
+            } else {
+                Update::Keep(())
+            }
+        });
     }
 
     /// [`Store::find`] as (slot, generation, entry).
@@ -562,6 +659,9 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
             match bucket.slots.get_mut(j) {
                 Some(s) if s.state == WRITING && s.generation == generation => {
                     s.state = READY;
+                    if self.unlock {
+                        bucket.release(primary);
+                    }
                     Update::Write(bucket.encode(), true)
                 }
                 _ => Update::Keep(false),

@@ -562,3 +562,131 @@ fn sampled_eviction_hit_ratio_is_close_to_exact() {
         assert!(sampled >= exact * 0.9, "{policy:?}: {sampled} vs {exact}");
     }
 }
+
+// ---- coalescing locks (in the bucket records) ---------------------------------------------
+
+#[test]
+fn one_leader_followers_wait_release_and_expiry() {
+    let m = MemStore::new();
+    let c = cfg(1 << 20, 16, Eviction::Lru, 8);
+    let st = Store::new(&m, &c);
+    st.init().unwrap();
+    assert_eq!(st.acquire(1, 0, 100, None), Acquire::Leader);
+    assert_eq!(st.acquire(1, 10, 100, None), Acquire::Follower);
+    assert!(st.lock_held(1, 50));
+    assert!(!st.lock_held(1, 100), "expired at 100");
+    for k in 2..=LOCKS as u64 {
+        assert_eq!(st.acquire(k, 10, 100, None), Acquire::Leader);
+    }
+    // One bucket (16 slots): its locks are all taken.
+    assert_eq!(
+        st.acquire(99, 10, 100, None),
+        Acquire::Unavailable,
+        "bounded"
+    );
+    st.unlock(1);
+    assert!(!st.lock_held(1, 20));
+    assert_eq!(st.acquire(99, 20, 100, None), Acquire::Leader);
+    // Lock 2 expired at 110: a new request leads, and expired locks make room.
+    assert!(!st.lock_held(2, 111));
+    assert_eq!(st.acquire(2, 111, 100, None), Acquire::Leader);
+    assert_eq!(
+        st.bucket(0).unwrap().locks.len(),
+        2,
+        "the others expired at 110"
+    );
+}
+
+#[test]
+fn a_miss_takes_its_lock_with_the_record_its_lookup_read() {
+    let m = MemStore::new();
+    let c = cfg(1 << 20, 64, Eviction::Lru, 8);
+    let st = Store::new(&m, &c);
+    st.init().unwrap();
+    let (hits, seen) = st.find_with(h("a"), None);
+    assert!(hits.is_empty());
+    let gets = m.gets();
+    assert_eq!(st.acquire(h("a"), 0, 100, seen.clone()), Acquire::Leader);
+    assert_eq!(m.gets(), gets, "no second read of the bucket");
+    // A record seen before another worker wrote it: read again, and the lock is seen.
+    assert_eq!(st.acquire(h("a"), 1, 100, seen), Acquire::Follower);
+    assert_eq!(m.gets(), gets + 1);
+}
+
+#[test]
+fn racing_workers_elect_one_leader() {
+    let m = MemStore::new();
+    let c = cfg(1 << 20, 16, Eviction::Lru, 8);
+    let st = Store::new(&m, &c);
+    st.init().unwrap();
+    // Another worker writes the bucket between our read and our write.
+    let mut once = true;
+    m.interfere(move |_| std::mem::take(&mut once));
+    // Our first CAS fails; the retry sees the table as "they" left it (MemStore only bumps
+    // the token), so we lead; a later caller follows.
+    assert_eq!(st.acquire(9, 0, 100, None), Acquire::Leader);
+    assert_eq!(st.acquire(9, 1, 100, None), Acquire::Follower);
+}
+
+#[test]
+fn the_leaders_insert_releases_its_lock_and_keeps_the_others() {
+    let m = MemStore::new();
+    let c = cfg(1 << 20, 16, Eviction::Lru, 8);
+    let st = Store::new(&m, &c);
+    st.init().unwrap();
+    assert_eq!(st.acquire(h("a"), 0, 1000, None), Acquire::Leader);
+    assert_eq!(st.acquire(h("b"), 0, 1000, None), Acquire::Leader);
+    // A plain insert (a refresh, a revalidation) leaves the lock alone.
+    put(&st, "a", 10, 1).unwrap();
+    assert!(st.lock_held(h("a"), 2));
+    let leader = Store::new(&m, &c).releasing_lock();
+    put(&leader, "a", 10, 3).unwrap();
+    assert!(
+        !st.lock_held(h("a"), 4),
+        "released by the write that made the entry ready"
+    );
+    assert!(st.lock_held(h("b"), 4));
+    assert!(has(&st, "a"));
+    // Entries and locks survive each other's updates: evictions, hits, removals.
+    st.touch_hit(&st.find(h("a"))[0], 5000);
+    st.remove_primary(h("a"));
+    assert!(st.lock_held(h("b"), 6));
+    let bucket = st.bucket(0).unwrap();
+    assert_eq!(Bucket::decode(&bucket.encode()), Some(bucket));
+}
+
+#[test]
+fn bucket_records_with_locks_round_trip_and_reject_bad_lengths() {
+    let mut b = Bucket::new(0..WAYS);
+    assert_eq!(b.encode().len(), BUCKET_HEADER + WAYS * SLOT_LEN);
+    for k in 0..LOCKS as u64 {
+        assert_eq!(
+            layout::acquire(&mut b.locks, k, 0, 10),
+            (Acquire::Leader, true)
+        );
+    }
+    let full = b.encode();
+    assert_eq!(full.len(), BUCKET_HEADER + WAYS * SLOT_LEN + LOCKS * 16);
+    assert_eq!(Bucket::decode(&full).as_ref(), Some(&b));
+    assert_eq!(
+        Bucket::decode(&full[..full.len() - 1]),
+        None,
+        "a partial lock"
+    );
+    let mut more = full.clone();
+    more.extend_from_slice(&[0; 16]);
+    assert_eq!(
+        Bucket::decode(&more),
+        None,
+        "more locks than a bucket holds"
+    );
+    // Locks are read and replaced without touching the slots.
+    let (at, mut locks) = layout::read_locks(&full).unwrap();
+    assert_eq!(
+        (at, locks.as_slice()),
+        (BUCKET_HEADER + WAYS * SLOT_LEN, b.locks.as_slice())
+    );
+    assert!(layout::release(&mut locks, 3));
+    let fewer = Bucket::decode(&layout::with_locks(&full, at, &locks)).unwrap();
+    assert_eq!((fewer.slots, fewer.locks.len()), (b.slots, LOCKS - 1));
+}
