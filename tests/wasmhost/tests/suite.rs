@@ -212,15 +212,24 @@ fn the_suite_crosses_the_boundary_less_than_the_four_modules() {
 /// `SWITCHYARD_WASM_PERFMAP=1 perf record -g <this test binary> --ignored --exact
 /// profile_the_miss_path` with `PROFILE_MODULE` an unstripped build of the suite
 /// (`CARGO_PROFILE_RELEASE_STRIP=false`; docs/benchmarks.md). With `SWITCHYARD_WASM_FUEL=1` it
-/// prints the wasm instructions one miss executes, which do not move with the machine's load.
+/// prints the wasm instructions one miss executes, which do not move with the machine's load;
+/// `PROFILE_STAGES` picks the stages.
 #[test]
 #[ignore]
 fn profile_the_miss_path() {
     let module = std::env::var("PROFILE_MODULE").unwrap_or("dist/switchyard.wasm".into());
+    // `PROFILE_STAGES=cache,router`: only these stages (default: all four).
+    let mut stages = all_four();
+    if let Ok(only) = std::env::var("PROFILE_STAGES") {
+        let only: Vec<&str> = only.split(',').collect();
+        if let Some(all) = stages.as_object_mut() {
+            all.retain(|name, _| only.contains(&name.as_str()));
+        }
+    }
     let mut host = Host::load(&module)
         .unwrap()
         .workers(2)
-        .configure(json!({ "stages": all_four() }).to_string())
+        .configure(json!({ "stages": stages }).to_string())
         .unwrap();
     let n: usize = std::env::var("PROFILE_REQUESTS")
         .ok()

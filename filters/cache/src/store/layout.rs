@@ -114,34 +114,38 @@ impl Bucket {
     }
 
     pub fn decode(b: &[u8]) -> Option<Bucket> {
-        let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
-        let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
-        let first = u32_at(0)? as usize;
-        let n = u32_at(4)? as usize;
+        let (header, rest) = b.split_first_chunk::<BUCKET_HEADER>()?;
+        let (first, n) = header.split_at(4);
+        let first = u32::from_le_bytes(first.try_into().ok()?) as usize;
+        let n = u32::from_le_bytes(n.try_into().ok()?) as usize;
         if n > WAYS {
             return None;
         }
+        let (records, tail) = rest.split_at_checked(n * SLOT_LEN)?;
         // Most records hold no lock.
-        let locks = if b.len() == BUCKET_HEADER + n * SLOT_LEN {
+        let locks = if tail.is_empty() {
             Vec::new()
         } else {
             read_locks(b)?.1
         };
-        let mut slots = Vec::with_capacity(n);
-        for i in 0..n {
-            let o = BUCKET_HEADER + i * SLOT_LEN;
-            slots.push(Slot {
-                primary: u64_at(o)?,
-                variant: u64_at(o + 8)?,
-                uri: u64_at(o + 16)?,
-                bytes: u32_at(o + 24)?,
-                state: u32_at(o + 28)?,
-                generation: u32_at(o + 32)?,
-                hits: u32_at(o + 36)?,
-                inserted_ms: u64_at(o + 40)?,
-                access_ms: u64_at(o + 48)?,
-            });
-        }
+        let slots = records
+            .chunks_exact(SLOT_LEN)
+            .map(|r| {
+                let r: &[u8; SLOT_LEN] = r.try_into().ok()?;
+                let mut fields = Fields(r);
+                Some(Slot {
+                    primary: fields.u64()?,
+                    variant: fields.u64()?,
+                    uri: fields.u64()?,
+                    bytes: fields.u32()?,
+                    state: fields.u32()?,
+                    generation: fields.u32()?,
+                    hits: fields.u32()?,
+                    inserted_ms: fields.u64()?,
+                    access_ms: fields.u64()?,
+                })
+            })
+            .collect::<Option<Vec<Slot>>>()?;
         Some(Bucket {
             first,
             slots,
@@ -172,6 +176,22 @@ impl Bucket {
     /// Drops the lock for `primary`; whether there was one.
     pub(super) fn release(&mut self, primary: u64) -> bool {
         release(&mut self.locks, primary)
+    }
+}
+
+/// Little-endian fields read one after another from a slot record.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn u64(&mut self) -> Option<u64> {
+        let (v, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_le_bytes(*v))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let (v, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(u32::from_le_bytes(*v))
     }
 }
 
