@@ -3,6 +3,7 @@
 use crate::entry::Entry;
 use crate::key::normalise_authority;
 use crate::rfc::{format_http_date, Field};
+use switchyard_core::decimal::push_decimal_str;
 use switchyard_core::request::text;
 
 /// Fields that describe one connection, never stored or replayed (RFC 9110 §7.6.1), plus
@@ -188,28 +189,40 @@ impl Outcome {
     }
 
     /// The RFC 9211 `Cache-Status` member for this cache.
+    /// Built by hand, as on every response (`format!` is a visible share of a request's work).
     pub fn cache_status(&self, name: &str) -> String {
+        let mut s = String::with_capacity(name.len() + 48);
+        s.push_str(name);
         match self {
-            Outcome::Hit { ttl, .. } => format!("{name}; hit; ttl={ttl}"),
+            Outcome::Hit { ttl, .. } => {
+                s.push_str("; hit; ttl=");
+                if *ttl < 0 {
+                    s.push('-');
+                }
+                push_decimal_str(&mut s, ttl.unsigned_abs());
+            }
             Outcome::Forward {
                 fwd,
                 status,
                 stored,
                 detail,
             } => {
-                let mut s = format!("{name}; fwd={fwd}");
+                s.push_str("; fwd=");
+                s.push_str(fwd);
                 if let Some(st) = status {
-                    s.push_str(&format!("; fwd-status={st}"));
+                    s.push_str("; fwd-status=");
+                    push_decimal_str(&mut s, u64::from(*st));
                 }
                 if *stored {
                     s.push_str("; stored");
                 }
                 if let Some(d) = detail {
-                    s.push_str(&format!("; detail={d}"));
+                    s.push_str("; detail=");
+                    s.push_str(d);
                 }
-                s
             }
         }
+        s
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod abi;
 pub mod config;
+pub mod decimal;
 pub mod duration;
 pub mod effects;
 pub mod hash;

@@ -6,6 +6,7 @@
 
 use crate::config::Host;
 use crate::walk::DistinctWalk;
+use switchyard_core::decimal::push_decimal;
 use switchyard_core::hash::stable_hash64;
 
 #[derive(Debug, Clone)]
@@ -184,21 +185,6 @@ fn for_each_point(host: &Host, vnodes: u32, name: &mut Vec<u8>, mut f: impl FnMu
         push_decimal(name, i);
         f(stable_hash64(name));
     }
-}
-
-/// Appends `n` in decimal, as `write!(s, "{n}")` would (without the formatting machinery).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Stable LSD radix sort of `keys` (16 bits per pass), moving `owners` along: equal keys keep

@@ -134,6 +134,7 @@ fn rejection_by_one_rule_consumes_nothing_from_another() {
         "{o:?}"
     );
     let h = rate_limit_headers(&l.settings, &o);
+    assert_eq!(h[0].1, "\"per-user\";q=2;w=3600, \"global\";q=3;w=3600");
     assert_eq!(
         h[1].1, "\"per-user\";r=1;t=1799, \"global\";r=0;t=3600",
         "bob has 1 left (nothing consumed by the rejection)"

@@ -48,6 +48,7 @@
 use crate::entry::Entry;
 use crate::l1::L1;
 use std::rc::Rc;
+use switchyard_core::decimal::push_decimal_str;
 /// Sampling draws from the filters' one generator.
 pub use switchyard_core::rng::XorShift as Rng;
 use switchyard_core::shared::{
@@ -165,15 +166,26 @@ impl<'a, S: SharedStore + ?Sized> Store<'a, S> {
     }
 
     fn used_key(&self) -> String {
-        format!("{}used", self.cfg.prefix)
+        self.record_key("used", None)
     }
 
     fn bucket_key(&self, b: usize) -> String {
-        format!("{}b.{}", self.cfg.prefix, b)
+        self.record_key("b.", Some(b))
     }
 
     fn slot_key(&self, i: usize) -> String {
-        format!("{}slot.{}", self.cfg.prefix, i)
+        self.record_key("slot.", Some(i))
+    }
+
+    /// `<prefix><kind><n>`: built several times per request, so without `format!`.
+    fn record_key(&self, kind: &str, n: Option<usize>) -> String {
+        let mut key = String::with_capacity(self.cfg.prefix.len() + kind.len() + 20);
+        key.push_str(&self.cfg.prefix);
+        key.push_str(kind);
+        if let Some(n) = n {
+            push_decimal_str(&mut key, n as u64);
+        }
+        key
     }
 
     /// Creates the records once (at configure time). The first worker to create them also
