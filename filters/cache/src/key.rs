@@ -50,11 +50,18 @@ pub fn normalise_authority(authority: &str) -> String {
 /// The part of a primary key before the path: method class, scheme and authority.
 pub fn key_origin(scheme: &str, authority: &str) -> String {
     let scheme = if scheme.is_empty() { "http" } else { scheme };
-    format!(
-        "GET\n{}://{}\n",
-        scheme.to_ascii_lowercase(),
-        normalise_authority(authority)
-    )
+    // Built by hand: this runs on every request, and `format!` is a visible share of it.
+    let mut origin = String::with_capacity(64 + scheme.len() + authority.len());
+    origin.push_str("GET\n");
+    let from = origin.len();
+    origin.push_str(scheme);
+    origin.push_str("://");
+    origin.push_str(authority);
+    if let Some(lower) = origin.get_mut(from..) {
+        lower.make_ascii_lowercase();
+    }
+    origin.push('\n');
+    origin
 }
 
 /// Hash of a URI for invalidation: authority and path only, so an unsafe request to
