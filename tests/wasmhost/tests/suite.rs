@@ -143,6 +143,43 @@ fn calls_per_miss(host: &mut Host, extra: &[(&str, &str)]) -> BTreeMap<String, u
     calls
 }
 
+/// A steady-state hit: the same key three times (a miss, then hits that fill the L1), then
+/// the host calls of one more hit.
+fn calls_per_hit(host: &mut Host) -> BTreeMap<String, u64> {
+    let mut calls = BTreeMap::new();
+    for _ in 0..4 {
+        host.reset_host_calls();
+        let out = send(host, 0, "/svc19/hot", "u1");
+        assert_eq!(out.status(), Some(200));
+        calls = host.host_calls();
+    }
+    assert!(
+        calls.contains_key("proxy_send_local_response"),
+        "a hit: {calls:?}"
+    );
+    calls
+}
+
+#[test]
+fn a_hot_cache_hit_reads_shared_data_once() {
+    let mut suite = suite(json!({"cache": cache()}));
+    let mut module = Host::load("dist/cache.wasm")
+        .unwrap()
+        .workers(2)
+        .configure(cache().to_string())
+        .unwrap();
+    for (name, host) in [("suite (cache stage)", &mut suite), ("cache", &mut module)] {
+        let calls = calls_per_hit(host);
+        println!(
+            "{name}: {} host calls per hit {calls:?}",
+            calls.values().sum::<u64>()
+        );
+        // The key's bucket record vouches for the worker's L1 copy: no entry read.
+        assert_eq!(calls.get("proxy_get_shared_data"), Some(&1), "{calls:?}");
+        assert_eq!(calls.get("proxy_set_shared_data"), None, "{calls:?}");
+    }
+}
+
 #[test]
 fn the_suite_crosses_the_boundary_less_than_the_four_modules() {
     let mut s = suite(all_four());
