@@ -565,12 +565,21 @@ fn sampled_eviction_hit_ratio_is_close_to_exact() {
 
 // ---- coalescing locks (in the bucket records) ---------------------------------------------
 
+/// A shared-data store and an initialised cache store of `slots` slots over it (1 MiB, LRU).
+fn lock_test_store(slots: usize) -> (MemStore, StoreConfig) {
+    (MemStore::new(), cfg(1 << 20, slots, Eviction::Lru, 8))
+}
+
+fn ready<'a>(m: &'a MemStore, c: &'a StoreConfig) -> Store<'a, MemStore> {
+    let st = Store::new(m, c);
+    st.init().unwrap();
+    st
+}
+
 #[test]
 fn one_leader_followers_wait_release_and_expiry() {
-    let m = MemStore::new();
-    let c = cfg(1 << 20, 16, Eviction::Lru, 8);
-    let st = Store::new(&m, &c);
-    st.init().unwrap();
+    let (m, c) = lock_test_store(16);
+    let st = ready(&m, &c);
     assert_eq!(st.acquire(1, 0, 100, None), Acquire::Leader);
     assert_eq!(st.acquire(1, 10, 100, None), Acquire::Follower);
     assert!(st.lock_held(1, 50));
@@ -599,10 +608,8 @@ fn one_leader_followers_wait_release_and_expiry() {
 
 #[test]
 fn a_miss_takes_its_lock_with_the_record_its_lookup_read() {
-    let m = MemStore::new();
-    let c = cfg(1 << 20, 64, Eviction::Lru, 8);
-    let st = Store::new(&m, &c);
-    st.init().unwrap();
+    let (m, c) = lock_test_store(64);
+    let st = ready(&m, &c);
     let (hits, seen) = st.find_with(h("a"), None);
     assert!(hits.is_empty());
     let gets = m.gets();
@@ -615,10 +622,8 @@ fn a_miss_takes_its_lock_with_the_record_its_lookup_read() {
 
 #[test]
 fn racing_workers_elect_one_leader() {
-    let m = MemStore::new();
-    let c = cfg(1 << 20, 16, Eviction::Lru, 8);
-    let st = Store::new(&m, &c);
-    st.init().unwrap();
+    let (m, c) = lock_test_store(16);
+    let st = ready(&m, &c);
     // Another worker writes the bucket between our read and our write.
     let mut once = true;
     m.interfere(move |_| std::mem::take(&mut once));
@@ -630,10 +635,8 @@ fn racing_workers_elect_one_leader() {
 
 #[test]
 fn the_leaders_insert_releases_its_lock_and_keeps_the_others() {
-    let m = MemStore::new();
-    let c = cfg(1 << 20, 16, Eviction::Lru, 8);
-    let st = Store::new(&m, &c);
-    st.init().unwrap();
+    let (m, c) = lock_test_store(16);
+    let st = ready(&m, &c);
     assert_eq!(st.acquire(h("a"), 0, 1000, None), Acquire::Leader);
     assert_eq!(st.acquire(h("b"), 0, 1000, None), Acquire::Leader);
     // A plain insert (a refresh, a revalidation) leaves the lock alone.
